@@ -17,6 +17,7 @@ Every problem surfaces as one :class:`CheckpointError` naming the file and why.
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import pickle
@@ -297,11 +298,14 @@ def _read_nvidia_pkl(path: Path) -> GeneratorCheckpoint:
 
 def _read_rosinality_pt(path: Path, mapping_lr_multiplier: float) -> GeneratorCheckpoint:
     try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
+        # Training snapshots also hold train.py's argparse arguments: a plain attribute bag.
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            data = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        # torch's safe loader refused a global: the file tries more than tensors.
-        raise CheckpointError(path, f"refused by the weights-only loader: "
-                                    f"{str(exc).splitlines()[0]}") from None
+        # torch's safe loader refused a global: the file tries to build more than tensors.
+        lines = [ln.strip() for ln in str(exc).splitlines() if "global" in ln.lower()]
+        raise CheckpointError(path, "refused by the weights-only loader: "
+                                    + (lines[0] if lines else str(exc).splitlines()[0])) from None
     if not isinstance(data, Mapping) or not isinstance(data.get("g_ema"), Mapping):
         found = sorted(map(str, data)) if isinstance(data, Mapping) else type(data).__name__
         raise CheckpointError(path, f"no 'g_ema' state dict in the file (found {found})")

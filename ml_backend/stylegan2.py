@@ -202,37 +202,60 @@ def _bias_act(x: torch.Tensor, bias: torch.Tensor | None, *, lrelu: bool, gain: 
 
 def modulated_conv2d(x: torch.Tensor, weight: torch.Tensor, styles: torch.Tensor, *,
                      demodulate: bool = True, up: int = 1, padding: int = 0,
-                     resample_filter: torch.Tensor | None = None) -> torch.Tensor:
-    """Per-sample modulated convolution as one grouped conv over the batch.
+                     resample_filter: torch.Tensor | None = None,
+                     fused: bool | None = None) -> torch.Tensor:
+    """Per-sample modulated convolution.
 
     x: [N, I, H, W], weight: [O, I, k, k], styles: [N, I] -> [N, O, H*up, W*up]
+
+    Two equivalent forms: *fused* bakes each sample's styles into its own weights and
+    runs one grouped conv (best for a single sample); *unfused* scales the inputs by
+    the styles, runs one ordinary conv with the shared weight over the whole batch and
+    scales the outputs by the demodulation coefficients, which batches far better.
+    ``fused=None`` picks by batch size.
     """
     n, in_ch, h, w_ = x.shape
     out_ch, _, kh, kw = weight.shape
+    if fused is None:
+        fused = n == 1
     if x.dtype == torch.float16 and demodulate:
         # Rescale before multiplying so fp16 cannot overflow; demodulation undoes it.
         weight = weight * (1 / math.sqrt(in_ch * kh * kw)
                            / weight.norm(float("inf"), dim=[1, 2, 3], keepdim=True))
         styles = styles / styles.norm(float("inf"), dim=1, keepdim=True)
-    wt = weight[None] * styles[:, None, :, None, None]              # [N, O, I, k, k]
+    dcoefs = None
     if demodulate:
-        dcoefs = (wt.square().sum(dim=[2, 3, 4]) + 1e-8).rsqrt()     # [N, O]
-        wt = wt * dcoefs[:, :, None, None, None]
-    wt = wt.to(x.dtype)
-    x = x.reshape(1, n * in_ch, h, w_)
+        # sum_{i,k} (w[o,i,k] s[n,i])^2 = sum_i s[n,i]^2 sum_k w[o,i,k]^2: a small matmul
+        # instead of materialising the [N, O, I, k, k] product.
+        energy = styles.square() @ weight.square().sum(dim=[2, 3]).t()    # [N, O]
+        dcoefs = (energy + 1e-8).rsqrt()
+    if fused:
+        wt = weight[None] * styles[:, None, :, None, None]
+        if dcoefs is not None:
+            wt = wt * dcoefs[:, :, None, None, None]
+        wt = wt.to(x.dtype)
+        x = x.reshape(1, n * in_ch, h, w_)
+        groups, w_conv = n, wt.reshape(n * out_ch, in_ch, kh, kw)
+    else:
+        x = x * styles.to(x.dtype)[:, :, None, None]
+        groups, w_conv = 1, weight.to(x.dtype)
     if up == 1:
-        out = F.conv2d(x, wt.reshape(n * out_ch, in_ch, kh, kw), padding=padding, groups=n)
+        out = F.conv2d(x, w_conv, padding=padding, groups=groups)
     else:
         if resample_filter is None:
             raise ValueError("upsampling convolution needs a resample filter")
         # Transposed conv does the stride-2 spread; the FIR filter then removes aliasing.
-        wt = wt.transpose(1, 2).reshape(n * in_ch, out_ch, kh, kw)
-        out = F.conv_transpose2d(x, wt, stride=up, groups=n)
+        w_t = w_conv.reshape(groups, -1, in_ch, kh, kw).transpose(1, 2)
+        out = F.conv_transpose2d(x, w_t.reshape(groups * in_ch, -1, kh, kw), stride=up,
+                                 groups=groups)
         fw = resample_filter.shape[-1]
         p0 = padding + (fw + up - 1) // 2 - (kw - 1)
         p1 = padding + (fw - up) // 2 - (kw - up)
         out = upfirdn2d(out, resample_filter, pad=(p0, p1, p0, p1), gain=up * up)
-    return out.reshape(n, out_ch, *out.shape[2:])
+    out = out.reshape(n, out_ch, *out.shape[2:])
+    if not fused and dcoefs is not None:
+        out = out * dcoefs.to(out.dtype)[:, :, None, None]
+    return out
 
 
 # ---------------------------------------------------------------------------

@@ -1,0 +1,37 @@
+# Two commands for a fresh machine: `make run` and `make test`.
+# Both create .venv when missing and install the project into it first.
+
+VENV       ?= .venv
+PYTHON     ?= python3
+# torch comes first and pinned: on this project's machines these wheels are served
+# from local disk. Elsewhere override, e.g. TORCH_SPEC="torch torchvision".
+TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
+PY         := $(VENV)/bin/python
+STAMP      := $(VENV)/.clipgan-installed
+
+.PHONY: install run test lint bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q $(TORCH_SPEC)
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+run: $(STAMP)
+	$(VENV)/bin/clipgan info
+
+test: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(PY) -m pytest
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+
+bench: $(STAMP)
+	$(PY) bench/generator.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""clipgan command line: the one entry point that reaches both backends."""
