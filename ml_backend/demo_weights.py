@@ -9,6 +9,7 @@ model info), and real checkpoints are configured by path.
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import torch
@@ -52,4 +53,37 @@ def demo_generator_path(data_dir: Path) -> Path:
     if not path.exists():
         log.warning("building untrained demo generator at %s (no checkpoint configured)", path)
         save_checkpoint(build_demo_generator(), path)
+    return path
+
+
+DEMO_CLIP_ARGS = dict(  # clip.model.CLIP(...) keyword arguments; 3.3 M parameters
+    embed_dim=32, image_resolution=32, vision_layers=1, vision_width=64, vision_patch_size=16,
+    context_length=77, vocab_size=49408, transformer_width=64, transformer_heads=1,
+    transformer_layers=1,
+)
+
+
+def build_demo_clip_state_dict() -> dict[str, torch.Tensor]:
+    """A tiny random CLIP with the real tokenizer and layout, built from a fixed seed."""
+    from ml_backend.guidance import import_clip
+
+    clip = import_clip()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(DEMO_SEED + 1)
+        model = clip.model.CLIP(**DEMO_CLIP_ARGS)
+    return {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
+
+
+def demo_clip_path(data_dir: Path) -> Path:
+    """Path of the cached demo CLIP (safetensors), building it the first time."""
+    from safetensors.torch import save_file
+
+    path = Path(data_dir) / "demo" / f"clip-demo-v{DEMO_VERSION}.safetensors"
+    if not path.exists():
+        log.warning("building untrained demo CLIP at %s (no CLIP checkpoint configured)", path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        save_file(build_demo_clip_state_dict(), tmp,
+                  metadata={"clipgan.demo": "true", "clipgan.note": "untrained random CLIP"})
+        os.replace(tmp, path)
     return path

@@ -4,19 +4,41 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import BaseModel, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
-class MLSettings(BaseSettings):
-    """Where models come from. Unset checkpoint paths mean the built-in demo weights."""
+class ModelSpec(BaseModel):
+    """One servable generator: where its weights are and its default creativity."""
 
-    model_config = SettingsConfigDict(env_prefix="CLIPGAN_", env_file=".env", extra="ignore")
+    checkpoint: Path | None = Field(None, description="Generator file; unset: demo weights.")
+    psi: float = Field(1.0, ge=0.0, le=2.0, description="Default truncation psi.")
+    description: str = ""
+
+
+class UnknownModelError(ValueError):
+    def __init__(self, name: str, available: list[str]) -> None:
+        super().__init__(f"unknown model {name!r}; available models: {', '.join(available)}")
+
+
+class MLSettings(BaseSettings):
+    """Where models come from and how the engine runs. Unset paths mean demo weights."""
+
+    model_config = SettingsConfigDict(env_prefix="CLIPGAN_", env_file=".env", extra="ignore",
+                                      protected_namespaces=())
 
     data_dir: Path = Field(Path("data"), description="Demo weights, caches and local results.")
     generator_checkpoint: Path | None = Field(
-        None, description="StyleGAN2 checkpoint (.pkl, .pt or .safetensors); unset: demo weights.")
+        None, description="The 'default' model's checkpoint (.pkl, .pt or .safetensors).")
+    default_psi: float = Field(1.0, ge=0.0, le=2.0, description="The 'default' model's psi.")
+    models: dict[str, ModelSpec] = Field(default_factory=dict, description=(
+        "Named generators as JSON, e.g. {\"anime\": {\"checkpoint\": \"/m/a.safetensors\", "
+        "\"psi\": 1.1}}; the first is the default."))
+    clip_checkpoint: Path | None = Field(None, description="CLIP file; unset: demo CLIP.")
+    upscaler_checkpoint: Path | None = Field(
+        None, description="Real-ESRGAN RRDBNet x4 .pth; unset: Lanczos upscaling.")
     device: str = Field("auto", description="'auto' (CUDA when present), 'cpu' or 'cuda[:N]'.")
+    batch_slots: int = Field(8, ge=1, le=64, description="Searches sharing one GPU pass.")
 
     def resolved_device(self) -> str:
         if self.device != "auto":
@@ -24,3 +46,19 @@ class MLSettings(BaseSettings):
         import torch
 
         return "cuda" if torch.cuda.is_available() else "cpu"
+
+    def model_registry(self) -> dict[str, ModelSpec]:
+        """Name -> spec; 'default' always resolves (to the first named model if any)."""
+        registry = dict(self.models)
+        if not registry:
+            registry["default"] = ModelSpec(checkpoint=self.generator_checkpoint,
+                                            psi=self.default_psi)
+        return registry
+
+    def resolve_model(self, name: str) -> tuple[str, ModelSpec]:
+        registry = self.model_registry()
+        if name == "default" and "default" not in registry:
+            name = next(iter(registry))
+        if name not in registry:
+            raise UnknownModelError(name, sorted(registry))
+        return name, registry[name]

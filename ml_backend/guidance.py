@@ -1,0 +1,241 @@
+"""CLIP guidance: what "looks like the prompt" means to the latent search.
+
+CLIP comes from the ``clip`` package's own model code, built from a local file
+(any OpenAI CLIP size: dims are inferred from the state dict by
+``clip.model.build_model``). Files are read without the stock unpickler:
+safetensors, a weights-only ``torch.load``, or the TorchScript archives OpenAI
+released (TorchScript, not pickled Python objects).
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import threading
+import zipfile
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from PIL import Image, UnidentifiedImageError
+
+from ml_backend.protocol import WeightedPrompt
+
+log = logging.getLogger(__name__)
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+class GuidanceError(ValueError):
+    """A prompt CLIP cannot use; the message says what to change."""
+
+
+class ClipLoadError(Exception):
+    """A CLIP checkpoint that cannot be used."""
+
+    def __init__(self, path: str | os.PathLike[str], reason: str) -> None:
+        super().__init__(f"cannot load CLIP checkpoint {path}: {reason}")
+
+
+def _read_clip_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    with path.open("rb") as f:
+        head = f.read(9)
+    if len(head) == 9 and head[8:9] == b"{":
+        from safetensors.torch import load_file
+
+        return load_file(path)
+    if head.startswith(b"PK\x03\x04"):
+        with zipfile.ZipFile(path) as archive:
+            is_torchscript = any(n.endswith("/code/__torch__.py") or "/code/" in n
+                                 for n in archive.namelist())
+        if is_torchscript:
+            return dict(torch.jit.load(str(path), map_location="cpu").state_dict())
+    data = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(data, dict) and isinstance(data.get("state_dict"), dict):
+        data = data["state_dict"]
+    if not isinstance(data, dict):
+        raise ValueError("file holds no state dict")
+    return data
+
+
+def import_clip():
+    """``clip`` imports the deprecated pkg_resources at import; keep that out of the logs."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        import clip
+        import clip.model
+        import clip.simple_tokenizer
+    return clip
+
+
+def load_clip(path: str | os.PathLike[str], *, device: str | torch.device = "cpu"
+              ) -> torch.nn.Module:
+    """Build ``clip.model.CLIP`` from a local checkpoint, fp32, frozen, in eval mode."""
+    clip = import_clip()
+    path = Path(path)
+    if not path.is_file():
+        raise ClipLoadError(path, "no such file")
+    try:
+        state_dict = _read_clip_state_dict(path)
+        model = clip.model.build_model(dict(state_dict))
+    except ClipLoadError:
+        raise
+    except Exception as exc:  # any parse / shape failure means "not a usable CLIP file"
+        raise ClipLoadError(path, f"{type(exc).__name__}: {exc}") from None
+    return model.float().to(device).eval().requires_grad_(False)
+
+
+def spherical_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Squared great-circle distance between unit vectors: a [..., D], b [..., D] -> [...]."""
+    # Rounding can push |a - b| / 2 a hair past 1 for opposite vectors: clamp, or arcsin -> NaN.
+    return (a - b).norm(dim=-1).div(2).clamp(max=1.0).arcsin().pow(2).mul(2)
+
+
+@dataclass(frozen=True)
+class Targets:
+    """What one job steers towards (weight > 0) and away from (weight < 0)."""
+
+    embeds: torch.Tensor   # [P, D], unit length
+    weights: torch.Tensor  # [P]
+
+    def loss(self, image_embeds: torch.Tensor) -> torch.Tensor:
+        """image_embeds: [C, D] unit (cutouts of one image) -> scalar."""
+        dists = spherical_distance(image_embeds[:, None], self.embeds[None])  # [C, P]
+        return (dists.mean(dim=0) * self.weights).sum()
+
+    def score(self, image_embeds: torch.Tensor) -> torch.Tensor:
+        """Weighted cosine similarity, in [-1, 1]; higher is closer. [C, D] -> scalar."""
+        cos = image_embeds @ self.embeds.t()                                     # [C, P]
+        return (cos.mean(dim=0) * self.weights).sum() / self.weights.abs().sum()
+
+
+class ClipGuide:
+    """Prompt encoding, cutouts and similarity for one CLIP model."""
+
+    def __init__(self, model: torch.nn.Module, *, cut_power: float = 1.5,
+                 text_cache_size: int = 1024) -> None:
+        clip = import_clip()
+        self.model = model
+        self.device = next(model.parameters()).device
+        self.input_resolution: int = model.visual.input_resolution
+        self.context_length: int = model.context_length
+        self.embed_dim: int = model.text_projection.shape[1]
+        self.cut_power = cut_power
+        self._tokenizer = clip.simple_tokenizer.SimpleTokenizer()
+        self._tokenize = clip.tokenize
+        self._text_cache: OrderedDict[str, torch.Tensor] = OrderedDict()
+        self._text_cache_size = text_cache_size
+        self._lock = threading.Lock()
+        self._mean = torch.tensor(CLIP_MEAN, device=self.device)[None, :, None, None]
+        self._std = torch.tensor(CLIP_STD, device=self.device)[None, :, None, None]
+
+    # --- text and image prompts ------------------------------------------------------
+
+    def count_tokens(self, text: str) -> int:
+        """Tokens CLIP would read, including its start and end markers."""
+        return len(self._tokenizer.encode(text)) + 2
+
+    def check_prompt(self, text: str) -> None:
+        tokens = self.count_tokens(text)
+        if tokens > self.context_length:
+            preview = text if len(text) <= 40 else text[:37] + "..."
+            raise GuidanceError(
+                f"prompt {preview!r} is {tokens - 2} tokens long, but CLIP reads at most "
+                f"{self.context_length - 2}; shorten it or split it into weighted parts "
+                "with '|'")
+
+    @torch.no_grad()
+    def encode_texts(self, texts: list[str]) -> torch.Tensor:
+        """texts -> [P, D] unit embeddings, cached per text."""
+        for text in texts:
+            self.check_prompt(text)
+        with self._lock:
+            missing = [t for t in dict.fromkeys(texts) if t not in self._text_cache]
+        if missing:
+            tokens = self._tokenize(missing, context_length=self.context_length).to(self.device)
+            embeds = F.normalize(self.model.encode_text(tokens).float(), dim=-1)
+            with self._lock:
+                for text, embed in zip(missing, embeds, strict=True):
+                    self._text_cache[text] = embed
+                while len(self._text_cache) > self._text_cache_size:
+                    self._text_cache.popitem(last=False)
+        with self._lock:
+            for text in texts:
+                self._text_cache.move_to_end(text)
+            return torch.stack([self._text_cache[t] for t in texts])
+
+    @torch.no_grad()
+    def encode_image_bytes(self, data: bytes) -> torch.Tensor:
+        """An uploaded picture -> [D] unit embedding (centre crop, like CLIP's preprocessing)."""
+        try:
+            with Image.open(io.BytesIO(data)) as img:
+                img.load()
+                rgb = img.convert("RGB")
+        except (UnidentifiedImageError, OSError, ValueError) as exc:
+            raise GuidanceError(f"image prompt is not a readable image ({exc})") from None
+        side = min(rgb.size)
+        left, top = (rgb.width - side) // 2, (rgb.height - side) // 2
+        rgb = rgb.crop((left, top, left + side, top + side)).resize(
+            (self.input_resolution, self.input_resolution), Image.Resampling.BICUBIC)
+        pixels = torch.frombuffer(bytearray(rgb.tobytes()), dtype=torch.uint8)
+        pixels = pixels.reshape(self.input_resolution, self.input_resolution, 3)
+        x = pixels.permute(2, 0, 1)[None].float().div(127.5).sub(1).to(self.device)
+        return self.encode_pixels(self._resize(x))[0]
+
+    def targets(self, prompts: list[WeightedPrompt], image_prompt: bytes | None = None,
+                image_weight: float = 1.0) -> Targets:
+        embeds, weights = [], []
+        if prompts:
+            embeds.append(self.encode_texts([p.text for p in prompts]))
+            weights += [p.weight for p in prompts]
+        if image_prompt is not None:
+            embeds.append(self.encode_image_bytes(image_prompt)[None])
+            weights.append(image_weight)
+        if not embeds:
+            raise GuidanceError("nothing to guide towards: give a prompt or an image prompt")
+        return Targets(torch.cat(embeds), torch.tensor(weights, device=self.device))
+
+    # --- images ----------------------------------------------------------------------
+
+    def _resize(self, x: torch.Tensor) -> torch.Tensor:
+        """[N, 3, h, w] in [-1, 1] -> [N, 3, R, R] CLIP-normalised."""
+        r = self.input_resolution
+        if x.shape[-1] >= r and x.shape[-2] >= r:
+            x = F.adaptive_avg_pool2d(x, r)
+        else:
+            x = F.interpolate(x, size=(r, r), mode="bilinear", align_corners=False)
+        return ((x + 1) / 2 - self._mean) / self._std
+
+    def encode_pixels(self, x: torch.Tensor) -> torch.Tensor:
+        """[N, 3, R, R] CLIP-normalised -> [N, D] unit embeddings (differentiable)."""
+        dtype = self.model.visual.conv1.weight.dtype
+        return F.normalize(self.model.encode_image(x.to(dtype)).float(), dim=-1)
+
+    def embed_images(self, images: torch.Tensor) -> torch.Tensor:
+        """Whole images [N, 3, H, W] in [-1, 1] -> [N, D] unit embeddings."""
+        return self.encode_pixels(self._resize(images))
+
+    def cutouts(self, image: torch.Tensor, count: int, rng: torch.Generator) -> torch.Tensor:
+        """``count`` random square crops of one image [3, H, W] -> [count, 3, R, R].
+
+        Crop sides follow u**cut_power between CLIP's input size and the full image, so
+        most crops are small (details) and some cover everything (composition).
+        Draws come from the job's own generator, so they do not depend on batch mates.
+        """
+        _, h, w = image.shape
+        max_size = min(h, w)
+        min_size = min(max_size, self.input_resolution)
+        draws = torch.rand(count, 3, generator=rng)
+        sizes = (draws[:, 0] ** self.cut_power * (max_size - min_size) + min_size).long()
+        crops = []
+        for (_, ox, oy), size in zip(draws.tolist(), sizes.tolist(), strict=True):
+            x0 = int(ox * (w - size + 1))
+            y0 = int(oy * (h - size + 1))
+            crops.append(self._resize(image[None, :, y0:y0 + size, x0:x0 + size]))
+        return torch.cat(crops)

@@ -1,0 +1,106 @@
+"""In-process API: everything the ML side does, with no Ray and no web server.
+
+    pipeline = Pipeline.from_settings(MLSettings())
+    result = pipeline.generate(GenerationRequest(prompt="blue hair, smile"),
+                               on_progress=lambda p: print(p.step, p.score))
+    Path("out.png").write_bytes(result.png)
+
+The Ray Serve deployment wraps exactly this object.
+"""
+
+from __future__ import annotations
+
+import logging
+import platform
+from typing import Any
+
+import torch
+
+from ml_backend.checkpoints import describe, load_generator
+from ml_backend.demo_weights import demo_clip_path, demo_generator_path
+from ml_backend.guidance import ClipGuide, load_clip
+from ml_backend.protocol import GenerationRequest, Result
+from ml_backend.search import BatchScheduler, LatentSearchEngine, ProgressCallback, SearchHandle
+from ml_backend.settings import MLSettings
+from ml_backend.upscale import Upscaler, load_rrdbnet
+
+log = logging.getLogger(__name__)
+
+
+class Pipeline:
+    """Named generators sharing one CLIP, each with its own batch scheduler."""
+
+    def __init__(self, *, settings: MLSettings, guide: ClipGuide,
+                 engines: dict[str, LatentSearchEngine], info: dict[str, Any]) -> None:
+        self.settings = settings
+        self.guide = guide
+        self.engines = engines
+        self._info = info
+        self.schedulers = {name: BatchScheduler(engine, slots=settings.batch_slots)
+                           for name, engine in engines.items()}
+
+    @classmethod
+    def from_settings(cls, settings: MLSettings | None = None) -> Pipeline:
+        """Load every configured model (demo weights where none is configured)."""
+        settings = settings or MLSettings()
+        device = settings.resolved_device()
+        clip_path = settings.clip_checkpoint or demo_clip_path(settings.data_dir)
+        guide = ClipGuide(load_clip(clip_path, device=device))
+        upscaler = Upscaler(load_rrdbnet(settings.upscaler_checkpoint, device=device)
+                            if settings.upscaler_checkpoint else None)
+        engines: dict[str, LatentSearchEngine] = {}
+        models_info: dict[str, Any] = {}
+        for name, spec in settings.model_registry().items():
+            path = spec.checkpoint or demo_generator_path(settings.data_dir)
+            generator, ckpt = load_generator(path, device=device)
+            engines[name] = LatentSearchEngine(
+                generator=generator, guide=guide, model_name=name, default_psi=spec.psi,
+                demo_weights=ckpt.is_demo, upscaler=upscaler)
+            summary = describe(ckpt)
+            models_info[name] = {
+                "description": spec.description or ("untrained demo weights" if ckpt.is_demo
+                                                    else path.name),
+                "default_psi": spec.psi, "resolution": summary["resolution"],
+                "parameters": summary["parameters"], "demo_weights": ckpt.is_demo,
+                "format": summary["format"],
+            }
+            log.info("model %r ready: %s, %d px, %.1f M parameters%s", name, path,
+                     summary["resolution"], summary["parameters"] / 1e6,
+                     " (UNTRAINED DEMO WEIGHTS)" if ckpt.is_demo else "")
+        info = {
+            "device": device,
+            "models": models_info,
+            "clip": {"input_resolution": guide.input_resolution, "embed_dim": guide.embed_dim,
+                     "demo_weights": settings.clip_checkpoint is None},
+            "upscaler": upscaler.method,
+            "batch_slots": settings.batch_slots,
+            "versions": {"torch": torch.__version__, "python": platform.python_version()},
+        }
+        return cls(settings=settings, guide=guide, engines=engines, info=info)
+
+    def info(self) -> dict[str, Any]:
+        return dict(self._info)
+
+    def engine_for(self, request: GenerationRequest) -> LatentSearchEngine:
+        name, _ = self.settings.resolve_model(request.model)
+        return self.engines[name]
+
+    def submit(self, request: GenerationRequest,
+               on_progress: ProgressCallback | None = None) -> SearchHandle:
+        """Start a search; returns at once. Raises on an unknown model or a bad prompt."""
+        name, _ = self.settings.resolve_model(request.model)
+        return self.schedulers[name].submit(request, on_progress)
+
+    def sample(self, request: GenerationRequest) -> Result:
+        return self.engine_for(request).sample(request)
+
+    def generate(self, request: GenerationRequest, on_progress: ProgressCallback | None = None,
+                 timeout: float | None = None) -> Result:
+        """Blocking: a sample when there is nothing to guide towards, else a search."""
+        if request.is_sample:
+            return self.sample(request)
+        return self.submit(request, on_progress).result(timeout)
+
+    def close(self) -> None:
+        for scheduler in self.schedulers.values():
+            scheduler.close()

@@ -1,0 +1,161 @@
+"""The contract between every caller and the ML side: requests, progress, results.
+
+Pure pydantic with no torch import, so the web backend can validate a request at
+the door with exactly the bounds the engine enforces. Messages say what to fix.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+MAX_PROMPT_CHARS = 1000
+MAX_PROMPTS = 8
+MAX_IMAGE_PROMPT_BYTES = 10 * 1024 * 1024
+MAX_SEED = 2**63 - 1
+NEGATIVE_PROMPT_WEIGHT = 0.5  # default strength of a negative_prompt part without a weight
+
+_WEIGHT_SUFFIX = re.compile(r"^(?P<text>.*?):\s*(?P<weight>[-+]?(\d+(\.\d*)?|\.\d+))\s*$", re.S)
+
+
+class WeightedPrompt(BaseModel):
+    """One text the image should resemble (weight > 0) or avoid (weight < 0)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    text: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS)
+    weight: float = Field(1.0, ge=-10, le=10)
+
+    @field_validator("text")
+    @classmethod
+    def _not_blank(cls, text: str) -> str:
+        text = text.strip()
+        if not text:
+            raise ValueError("prompt text must not be blank")
+        return text
+
+    @field_validator("weight")
+    @classmethod
+    def _not_zero(cls, weight: float) -> float:
+        if weight == 0:
+            raise ValueError("a prompt weight of 0 has no effect; remove the prompt instead")
+        return weight
+
+
+def parse_prompt(text: str, *, default_weight: float = 1.0) -> list[WeightedPrompt]:
+    """``"blue hair, smile:1 | hat:-0.5"`` -> [("blue hair, smile", 1), ("hat", -0.5)]."""
+    prompts = []
+    for part in text.split("|"):
+        if not part.strip():
+            continue
+        match = _WEIGHT_SUFFIX.match(part)
+        if match:
+            prompts.append(WeightedPrompt(text=match["text"], weight=float(match["weight"])))
+        else:
+            prompts.append(WeightedPrompt(text=part, weight=default_weight))
+    return prompts
+
+
+def seed_to_int(seed: int | str) -> int:
+    """A name always maps to the same seed; a string of digits is that number."""
+    if isinstance(seed, int):
+        return seed
+    stripped = seed.strip()
+    if stripped.isdigit() and int(stripped) <= MAX_SEED:
+        return int(stripped)
+    digest = hashlib.sha256(stripped.encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") & MAX_SEED
+
+
+Seed = int | Annotated[str, Field(min_length=1, max_length=64)]
+
+
+class GenerationRequest(BaseModel):
+    """A picture to make. No prompt and no image prompt means a plain random sample."""
+
+    model_config = ConfigDict(extra="forbid", ser_json_bytes="base64", val_json_bytes="base64")
+
+    prompt: str | None = Field(None, max_length=MAX_PROMPT_CHARS, description=(
+        "What the picture should show; 'a:1 | b:-0.5' weights parts, negative weights avoid."))
+    prompts: list[WeightedPrompt] | None = Field(None, max_length=MAX_PROMPTS, description=(
+        "Structured alternative to 'prompt'."))
+    negative_prompt: str | None = Field(None, max_length=MAX_PROMPT_CHARS, description=(
+        f"What to avoid; parts without a weight count -{NEGATIVE_PROMPT_WEIGHT}."))
+    image_prompt: bytes | None = Field(None, max_length=MAX_IMAGE_PROMPT_BYTES, description=(
+        "An image (PNG/JPEG/WebP) the result should resemble, e.g. a selfie."))
+    image_prompt_weight: float = Field(1.0, ge=-10, le=10)
+    model: str = Field("default", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
+    psi: float | None = Field(None, ge=0.0, le=2.0, description=(
+        "Creativity: truncation psi, 0 (average face) to 2 (wild); default: the model's."))
+    steps: int = Field(60, ge=1, le=500, description="Optimisation steps.")
+    seed: Seed | None = Field(None, description="Integer or a name; unset: random.")
+    cutouts: int = Field(32, ge=1, le=128, description="Random crops scored per step.")
+    init_candidates: int = Field(32, ge=1, le=256, description="Random starts; best is kept.")
+    learning_rate: float = Field(0.04, gt=0.0, le=1.0)
+    preview_every: int = Field(10, ge=0, le=500, description="Preview image every k steps; 0 off.")
+    upscale: Literal[1, 2, 4] = 1
+
+    @field_validator("seed")
+    @classmethod
+    def _seed_range(cls, seed: int | str | None) -> int | str | None:
+        if isinstance(seed, int) and not 0 <= seed <= MAX_SEED:
+            raise ValueError(f"seed must be between 0 and {MAX_SEED}")
+        return seed
+
+    @model_validator(mode="after")
+    def _one_way_to_prompt(self) -> GenerationRequest:
+        if self.prompt is not None and self.prompts is not None:
+            raise ValueError("give either 'prompt' or 'prompts', not both")
+        if self.prompt is not None:
+            self.weighted_prompts()  # raises with the offending part
+        if self.negative_prompt is not None:
+            parse_prompt(self.negative_prompt)
+        return self
+
+    @property
+    def is_sample(self) -> bool:
+        """Nothing to guide towards: one generator pass from the seed."""
+        return not self.weighted_prompts() and self.image_prompt is None
+
+    def weighted_prompts(self) -> list[WeightedPrompt]:
+        prompts = list(self.prompts or [])
+        if self.prompt:
+            prompts += parse_prompt(self.prompt)
+        if self.negative_prompt:
+            for p in parse_prompt(self.negative_prompt, default_weight=NEGATIVE_PROMPT_WEIGHT):
+                prompts.append(WeightedPrompt(text=p.text, weight=-abs(p.weight)))
+        return prompts
+
+
+class Progress(BaseModel):
+    """One search step done."""
+
+    model_config = ConfigDict(ser_json_bytes="base64", val_json_bytes="base64")
+
+    kind: Literal["progress"] = "progress"
+    step: int
+    total: int
+    score: float = Field(description="CLIP similarity to the prompts, higher is closer.")
+    preview_png: bytes | None = None
+
+
+class Result(BaseModel):
+    """The finished picture and how it was made."""
+
+    model_config = ConfigDict(ser_json_bytes="base64", val_json_bytes="base64",
+                              protected_namespaces=())
+
+    kind: Literal["result"] = "result"
+    png: bytes
+    width: int
+    height: int
+    seed: int
+    score: float | None = Field(None, description="Final CLIP similarity; None for samples.")
+    model: str
+    psi: float
+    steps: int
+    demo_weights: bool = Field(description="True when made by untrained demo weights.")
+    timings: dict[str, float] = Field(default_factory=dict, description="Seconds per phase.")

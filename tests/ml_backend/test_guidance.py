@@ -1,0 +1,77 @@
+"""CLIP guidance: prompt limits, caching, cutouts, the loss, loading errors."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from ml_backend.guidance import (
+    ClipLoadError,
+    GuidanceError,
+    load_clip,
+    spherical_distance,
+)
+from ml_backend.pipeline import Pipeline
+from ml_backend.protocol import WeightedPrompt
+
+
+def test_prompt_longer_than_clip_context_is_an_error(pipeline: Pipeline) -> None:
+    guide = pipeline.guide
+    guide.check_prompt("word " * 75)  # 75 tokens + 2 markers: exactly fits
+    with pytest.raises(GuidanceError, match=r"is 76 tokens long, but CLIP reads at most 75"):
+        guide.encode_texts(["word " * 76])
+
+
+def test_text_embeddings_are_cached(pipeline: Pipeline, monkeypatch) -> None:
+    guide = pipeline.guide
+    calls = []
+    real = guide.model.encode_text
+    monkeypatch.setattr(guide.model, "encode_text", lambda t: calls.append(len(t)) or real(t))
+    first = guide.encode_texts(["a cached prompt", "another one"])
+    again = guide.encode_texts(["another one", "a cached prompt"])
+    assert calls == [2]
+    assert torch.equal(first[0], again[1])
+    assert torch.allclose(first.norm(dim=-1), torch.ones(2))
+
+
+def test_spherical_distance() -> None:
+    a = torch.nn.functional.normalize(torch.randn(4, 8), dim=-1)
+    assert torch.allclose(spherical_distance(a, a), torch.zeros(4), atol=1e-6)
+    assert torch.allclose(spherical_distance(a, -a), torch.full((4,), 2 * (torch.pi / 2) ** 2))
+
+
+def test_cutouts_follow_the_jobs_own_generator(pipeline: Pipeline) -> None:
+    guide = pipeline.guide
+    image = (torch.rand(3, 64, 64) * 2 - 1).requires_grad_(True)
+    a = guide.cutouts(image, 16, torch.Generator().manual_seed(1))
+    b = guide.cutouts(image, 16, torch.Generator().manual_seed(1))
+    c = guide.cutouts(image, 16, torch.Generator().manual_seed(2))
+    r = guide.input_resolution
+    assert a.shape == (16, 3, r, r)
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    a.sum().backward()
+    assert image.grad is not None and image.grad.abs().sum() > 0
+
+
+def test_targets_weigh_positive_and_negative(pipeline: Pipeline) -> None:
+    guide = pipeline.guide
+    t = guide.targets([WeightedPrompt(text="smile", weight=1.0),
+                       WeightedPrompt(text="hat", weight=-0.5)])
+    assert t.embeds.shape[0] == 2 and t.weights.tolist() == [1.0, -0.5]
+    hat = guide.encode_texts(["hat"])
+    # an embedding equal to the negative prompt scores lower than one equal to the positive
+    assert t.score(hat) < t.score(guide.encode_texts(["smile"]))
+
+
+def test_unreadable_image_prompt(pipeline: Pipeline) -> None:
+    with pytest.raises(GuidanceError, match="image prompt is not a readable image"):
+        pipeline.guide.encode_image_bytes(b"definitely not a picture")
+
+
+def test_clip_load_errors(tmp_path: Path) -> None:
+    with pytest.raises(ClipLoadError, match="no such file"):
+        load_clip(tmp_path / "ViT-B-32.pt")
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a model at all")
+    with pytest.raises(ClipLoadError, match=r"junk\.pt"):
+        load_clip(junk)

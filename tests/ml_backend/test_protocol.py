@@ -1,0 +1,72 @@
+"""The request contract: prompt syntax, seeds and bounds with messages that say what to fix."""
+
+import pytest
+from pydantic import ValidationError
+
+from ml_backend.protocol import (
+    GenerationRequest,
+    Progress,
+    Result,
+    WeightedPrompt,
+    parse_prompt,
+    seed_to_int,
+)
+
+
+def test_weighted_prompt_syntax() -> None:
+    assert parse_prompt("blue hair, smile:1 | hat:-0.5 | glasses") == [
+        WeightedPrompt(text="blue hair, smile", weight=1.0),
+        WeightedPrompt(text="hat", weight=-0.5),
+        WeightedPrompt(text="glasses", weight=1.0),
+    ]
+    # a colon that is not followed by a number is part of the text
+    assert parse_prompt("ratio 16:9 poster")[0].text == "ratio 16:9 poster"
+
+
+def test_negative_prompt_parts_count_against() -> None:
+    req = GenerationRequest(prompt="smile", negative_prompt="hat | glasses:2")
+    assert [(p.text, p.weight) for p in req.weighted_prompts()] == [
+        ("smile", 1.0), ("hat", -0.5), ("glasses", -2.0)]
+
+
+def test_no_prompt_means_random_sample() -> None:
+    assert GenerationRequest().is_sample
+    assert not GenerationRequest(prompt="smile").is_sample
+    assert not GenerationRequest(image_prompt=b"\x89PNG").is_sample
+
+
+def test_string_seeds_are_stable_names() -> None:
+    assert seed_to_int("Asuka") == seed_to_int("Asuka") != seed_to_int("Rei")
+    assert seed_to_int("42") == 42
+    assert 0 <= seed_to_int("Asuka") < 2**63
+
+
+@pytest.mark.parametrize(("fields", "location", "message"), [
+    ({"steps": 0}, "steps", "greater than or equal to 1"),
+    ({"steps": 5000}, "steps", "less than or equal to 500"),
+    ({"psi": 2.5}, "psi", "less than or equal to 2"),
+    ({"psi": -0.1}, "psi", "greater than or equal to 0"),
+    ({"cutouts": 0}, "cutouts", "greater than or equal to 1"),
+    ({"prompt": "x" * 1001}, "prompt", "at most 1000 characters"),
+    ({"prompt": "a:0"}, "", "weight of 0 has no effect"),
+    ({"prompt": "a", "prompts": [{"text": "b"}]}, "", "either 'prompt' or 'prompts'"),
+    ({"seed": -1}, "seed", "between 0 and"),
+    ({"upscale": 3}, "upscale", "1, 2 or 4"),
+    ({"model": "../etc"}, "model", "should match pattern"),
+    ({"colour": "blue"}, "colour", "Extra inputs are not permitted"),
+])
+def test_bounds_say_what_to_fix(fields: dict, location: str, message: str) -> None:
+    with pytest.raises(ValidationError) as info:
+        GenerationRequest(**fields)
+    text = str(info.value)
+    assert message in text
+    assert location in text
+
+
+def test_messages_round_trip_as_json() -> None:
+    req = GenerationRequest(prompt="smile", image_prompt=b"\x00\x01binary", seed="Asuka")
+    assert GenerationRequest.model_validate_json(req.model_dump_json()) == req
+    res = Result(png=b"\x89PNG", width=1, height=1, seed=3, model="m", psi=1.0, steps=1,
+                 demo_weights=True)
+    assert Result.model_validate_json(res.model_dump_json()).png == b"\x89PNG"
+    assert Progress.model_validate_json(Progress(step=1, total=2, score=0.1).model_dump_json())
