@@ -45,3 +45,33 @@ def test_bad_checkpoint_gives_one_line_error_not_a_traceback(tmp_path: Path) -> 
     assert "not a recognised checkpoint" in done.stderr
     assert "Traceback" not in done.stderr
     assert not (tmp_path / "out.safetensors").exists()
+
+
+def test_generate_writes_a_png_with_its_recipe(tmp_path: Path) -> None:
+    from ml_backend.png import read_png_text
+
+    out = tmp_path / "girl.png"
+    done = _run("generate", "blue hair, smile | hat:-0.5", "--steps", "5", "--seed", "3",
+                "-o", str(out), data_dir=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "seed 3" in done.stderr and "[untrained demo weights]" in done.stderr
+    text = read_png_text(out.read_bytes())
+    assert text["prompt"] == "blue hair, smile:1 | hat:-0.5" and text["steps"] == "5"
+
+
+def test_sample_by_name_is_repeatable(tmp_path: Path) -> None:
+    a, b = tmp_path / "a.png", tmp_path / "b.png"
+    for out in (a, b):
+        done = _run("sample", "--seed", "Asuka", "-o", str(out), data_dir=tmp_path)
+        assert done.returncode == 0, done.stderr
+    assert a.read_bytes() == b.read_bytes()
+
+
+def test_generate_bad_input_says_what_to_fix(tmp_path: Path) -> None:
+    too_long = _run("generate", "word " * 90, data_dir=tmp_path)
+    assert too_long.returncode == 2 and "tokens long" in too_long.stderr
+    bad_psi = _run("generate", "smile", "--psi", "3", data_dir=tmp_path)
+    assert bad_psi.returncode == 2 and "psi: Input should be less than or equal to 2" in bad_psi.stderr
+    no_model = _run("sample", "--model", "pokemon", data_dir=tmp_path)
+    assert no_model.returncode == 2 and "unknown model 'pokemon'" in no_model.stderr
+    assert "Traceback" not in too_long.stderr + bad_psi.stderr + no_model.stderr
