@@ -101,6 +101,20 @@ class Pipeline:
             return self.sample(request)
         return self.submit(request, on_progress).result(timeout)
 
+    def load(self) -> dict[str, dict[str, int]]:
+        """Per model: searches running in the batch and waiting for a slot."""
+        out = {}
+        for name, scheduler in self.schedulers.items():
+            active, pending = scheduler.load
+            out[name] = {"active": active, "pending": pending, "slots": scheduler.slots,
+                         "steps_done": scheduler.steps_done}
+        return out
+
+    def check_alive(self) -> None:
+        for name, scheduler in self.schedulers.items():
+            if not scheduler.alive:
+                raise RuntimeError(f"search worker of model {name!r} has stopped")
+
     def close(self) -> None:
         for scheduler in self.schedulers.values():
             scheduler.close()

@@ -159,3 +159,23 @@ class Result(BaseModel):
     steps: int
     demo_weights: bool = Field(description="True when made by untrained demo weights.")
     timings: dict[str, float] = Field(default_factory=dict, description="Seconds per phase.")
+
+
+class Failure(BaseModel):
+    """The last message of a stream that did not produce a picture.
+
+    ``invalid_request`` will fail the same way again (bad prompt, unknown model): fail
+    the job at once. ``cancelled`` was asked for. ``internal`` may pass (a replica
+    died, memory ran out): the caller may retry.
+    """
+
+    kind: Literal["error"] = "error"
+    code: Literal["invalid_request", "cancelled", "internal"]
+    message: str
+
+    @property
+    def retryable(self) -> bool:
+        return self.code == "internal"
+
+
+StreamMessage = Annotated[Progress | Result | Failure, Field(discriminator="kind")]

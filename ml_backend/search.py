@@ -282,6 +282,10 @@ class BatchScheduler:
         self._thread.start()
 
     @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    @property
     def load(self) -> tuple[int, int]:
         """(active, pending) job counts."""
         with self._cond:

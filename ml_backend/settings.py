@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -39,6 +39,37 @@ class MLSettings(BaseSettings):
         None, description="Real-ESRGAN RRDBNet x4 .pth; unset: Lanczos upscaling.")
     device: str = Field("auto", description="'auto' (CUDA when present), 'cpu' or 'cuda[:N]'.")
     batch_slots: int = Field(8, ge=1, le=64, description="Searches sharing one GPU pass.")
+
+    # --- Ray Serve deployment (see serve_config.yaml for the cluster values) ---------
+    replica_gpus: float = Field(0.0, ge=0, description="GPUs per replica: 1 on GPU clusters.")
+    replica_cpus: float = Field(1.0, ge=0, description="CPUs per replica.")
+    min_replicas: int = Field(1, ge=0, description="0 lets the app scale to zero when idle.")
+    max_replicas: int = Field(4, ge=1)
+    upscale_delay_s: float = Field(5.0, ge=0)
+    downscale_delay_s: float = Field(300.0, ge=0)
+    downscale_to_zero_delay_s: float = Field(900.0, ge=0, description=(
+        "Idle time before the last replica goes (only with min_replicas 0)."))
+    max_queued_requests: int = Field(64, ge=1, description="Per caller; beyond it Serve "
+                                     "answers 'back pressure' at once instead of queueing.")
+    graceful_shutdown_timeout_s: float = Field(900.0, gt=0, description=(
+        "How long a stopping replica may finish running jobs; longer than the longest job."))
+    ingress_enabled: bool = Field(False, description=(
+        "Also serve an HTTP ingress for a web backend on another machine."))
+    ingress_secret: SecretStr | None = Field(None, description=(
+        "Shared secret the HTTP ingress requires (>= 32 characters)."))
+    ingress_host: str = Field("127.0.0.1", description="Private address the ingress binds.")
+    ingress_port: int = Field(8100, ge=1, le=65535)
+
+    @model_validator(mode="after")
+    def _ingress_needs_a_secret(self) -> MLSettings:
+        if self.ingress_enabled:
+            secret = self.ingress_secret.get_secret_value() if self.ingress_secret else ""
+            if len(secret) < 32:
+                raise ValueError("CLIPGAN_INGRESS_SECRET must be set to at least 32 characters "
+                                 "when the HTTP ingress is enabled (e.g. `openssl rand -hex 32`)")
+        if self.min_replicas > self.max_replicas:
+            raise ValueError("min_replicas cannot exceed max_replicas")
+        return self
 
     def resolved_device(self) -> str:
         if self.device != "auto":

@@ -1,0 +1,117 @@
+"""Integration: the app on a real local Ray cluster, through a handle and the HTTP ingress."""
+
+import asyncio
+import json
+import os
+import secrets
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+pytestmark = pytest.mark.slow
+
+SECRET = secrets.token_hex(32)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def cluster(demo_data_dir: Path) -> Iterator[dict]:
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    import ray
+    from ray import serve
+
+    from ml_backend.serve import build_app
+    from ml_backend.settings import MLSettings
+
+    port = _free_port()
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    settings = MLSettings(data_dir=demo_data_dir, device="cpu", ingress_enabled=True,
+                          ingress_secret=SECRET, replica_cpus=1, min_replicas=1)
+    serve.run(build_app(settings), name="clipgan", route_prefix="/")
+    try:
+        yield {"port": port, "handle": serve.get_deployment_handle("Generator", "clipgan")}
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+
+def test_handle_streams_a_result(cluster: dict) -> None:
+    from ml_backend.protocol import GenerationRequest, Progress, Result
+
+    async def run() -> list:
+        stream = cluster["handle"].options(stream=True).generate.remote(
+            GenerationRequest(prompt="smile", steps=3, seed=1))
+        return [m async for m in stream]
+
+    messages = asyncio.run(run())
+    assert [type(m) for m in messages] == [Progress] * 3 + [Result]
+
+
+def test_cancel_through_the_handle_stops_the_search(cluster: dict) -> None:
+    from ml_backend.protocol import GenerationRequest
+
+    async def run() -> dict:
+        handle = cluster["handle"]
+        stream = handle.options(stream=True).generate.remote(
+            GenerationRequest(prompt="smile", steps=500, seed=2))
+        async for message in stream:
+            if message.step >= 2:
+                stream.cancel()
+                break
+        for _ in range(100):
+            load = (await handle.info.remote())["load"]["default"]
+            if load["active"] == 0:
+                return load
+            await asyncio.sleep(0.1)
+        return load
+
+    load = asyncio.run(run())
+    assert load["active"] == 0 and load["steps_done"] < 100
+
+
+def test_health_check_reports_healthy(cluster: dict) -> None:
+    from ray import serve
+
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        status = serve.status().applications["clipgan"].deployments["Generator"].status
+        if status == "HEALTHY":
+            break
+        time.sleep(1)
+    assert status == "HEALTHY"
+    cluster["handle"].check_health.remote().result(timeout_s=60)
+
+
+def test_http_ingress_requires_the_secret(cluster: dict) -> None:
+    base = f"http://127.0.0.1:{cluster['port']}"
+    body = {"prompt": "smile", "steps": 2, "seed": 3}
+    assert httpx.post(f"{base}/v1/generate", json=body, timeout=60).status_code == 401
+    wrong = httpx.get(f"{base}/v1/info", headers={"Authorization": "Bearer " + "x" * 64},
+                      timeout=60)
+    assert wrong.status_code == 401 and wrong.headers["www-authenticate"] == "Bearer"
+
+
+def test_http_ingress_streams_ndjson_with_the_secret(cluster: dict) -> None:
+    base = f"http://127.0.0.1:{cluster['port']}"
+    auth = {"Authorization": f"Bearer {SECRET}"}
+    with httpx.stream("POST", f"{base}/v1/generate", headers=auth, timeout=120,
+                      json={"prompt": "smile", "steps": 3, "seed": 3}) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("application/x-ndjson")
+        lines = [json.loads(line) for line in response.iter_lines() if line]
+    assert [m["kind"] for m in lines] == ["progress"] * 3 + ["result"]
+    assert lines[-1]["seed"] == 3
+    bad = httpx.post(f"{base}/v1/generate", headers=auth, json={"steps": 0}, timeout=60)
+    assert bad.status_code == 422 and "steps" in bad.text
+    info = httpx.get(f"{base}/v1/info", headers=auth, timeout=60)
+    assert info.status_code == 200 and info.json()["models"]["default"]["demo_weights"]
