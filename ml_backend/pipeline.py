@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import platform
+from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 import torch
@@ -25,6 +26,13 @@ from ml_backend.settings import MLSettings
 from ml_backend.upscale import Upscaler, load_rrdbnet
 
 log = logging.getLogger(__name__)
+
+
+def _version(distribution: str) -> str:
+    try:
+        return version(distribution)
+    except PackageNotFoundError:
+        return "not installed"
 
 
 class Pipeline:
@@ -74,7 +82,8 @@ class Pipeline:
                      "demo_weights": settings.clip_checkpoint is None},
             "upscaler": upscaler.method,
             "batch_slots": settings.batch_slots,
-            "versions": {"torch": torch.__version__, "python": platform.python_version()},
+            "versions": {"clipgan": _version("clipgan"), "torch": torch.__version__,
+                         "ray": _version("ray"), "python": platform.python_version()},
         }
         return cls(settings=settings, guide=guide, engines=engines, info=info)
 

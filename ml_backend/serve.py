@@ -208,6 +208,15 @@ def build_app(settings: MLSettings | None = None) -> serve.Application:
     ).bind(generator, secret)
 
 
+def start_options(settings: MLSettings) -> dict[str, Any]:
+    """``serve.start`` arguments: no HTTP proxy at all unless the private ingress is on."""
+    if not settings.ingress_enabled:
+        return {"proxy_location": "Disabled"}
+    return {"proxy_location": "HeadOnly",
+            "http_options": {"host": settings.ingress_host, "port": settings.ingress_port,
+                             "request_timeout_s": settings.graceful_shutdown_timeout_s}}
+
+
 def app_builder(args: dict[str, Any]) -> serve.Application:
     """``serve deploy`` entry point: ``args`` from serve_config.yaml override env settings."""
     return build_app(MLSettings(**args))

@@ -140,3 +140,12 @@ def test_bad_requests_fail_clearly(pipeline: Pipeline) -> None:
     handle = pipeline.submit(GenerationRequest(image_prompt=b"junk", steps=2))
     with pytest.raises(GuidanceError, match="not a readable image"):
         handle.result(timeout=60)
+
+
+def test_previews_arrive_every_k_steps(pipeline: Pipeline) -> None:
+    seen: list[Progress] = []
+    pipeline.generate(GenerationRequest(prompt="smile", steps=9, seed=1, preview_every=4),
+                      on_progress=seen.append)
+    with_preview = [p.step for p in seen if p.preview_png is not None]
+    assert with_preview == [4, 8]
+    assert pixels(seen[3].preview_png).shape == (64, 64, 3)

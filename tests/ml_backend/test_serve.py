@@ -147,3 +147,30 @@ def test_serve_config_is_valid_and_matches_the_builder(tmp_path: Path) -> None:
         assert declared["autoscaling_config"][key] == derived["autoscaling_config"][key]
     assert declared["graceful_shutdown_timeout_s"] >= 600
     assert os.path.isabs(args["models"]["anime"]["checkpoint"])
+
+
+def test_start_options_keep_the_proxy_off_by_default() -> None:
+    from ml_backend.serve import start_options
+
+    assert start_options(MLSettings()) == {"proxy_location": "Disabled"}
+    private = start_options(MLSettings(ingress_enabled=True, ingress_secret="s" * 32,
+                                       ingress_host="10.0.0.5", ingress_port=9000))
+    assert private["http_options"]["host"] == "10.0.0.5"
+    assert private["http_options"]["port"] == 9000
+
+
+def test_user_config_swaps_models_live(demo_data_dir: Path, tmp_path: Path) -> None:
+    from ml_backend.checkpoints import save_checkpoint
+    from ml_backend.demo_weights import build_demo_generator
+    from ml_backend.serve import GeneratorDeployment
+
+    second = save_checkpoint(build_demo_generator(), tmp_path / "pokemon.safetensors")
+    replica = GeneratorDeployment({"data_dir": str(demo_data_dir), "device": "cpu"})
+    assert list(asyncio.run(replica.info())["models"]) == ["default"]
+    replica.reconfigure({"models": {"anime": {"psi": 1.1},
+                                    "pokemon": {"checkpoint": str(second), "psi": 0.8}}})
+    info = asyncio.run(replica.info())
+    assert list(info["models"]) == ["anime", "pokemon"]
+    assert info["models"]["pokemon"]["default_psi"] == 0.8
+    sample = asyncio.run(replica.sample(GenerationRequest(seed=1, model="pokemon")))
+    assert isinstance(sample, Result) and sample.psi == 0.8

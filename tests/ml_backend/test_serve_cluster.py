@@ -29,14 +29,15 @@ def cluster(demo_data_dir: Path) -> Iterator[dict]:
     import ray
     from ray import serve
 
-    from ml_backend.serve import build_app
+    from ml_backend.serve import build_app, start_options
     from ml_backend.settings import MLSettings
 
     port = _free_port()
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
     settings = MLSettings(data_dir=demo_data_dir, device="cpu", ingress_enabled=True,
-                          ingress_secret=SECRET, replica_cpus=1, min_replicas=1)
+                          ingress_secret=SECRET, ingress_port=port, replica_cpus=1,
+                          min_replicas=1)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    serve.start(**start_options(settings))
     serve.run(build_app(settings), name="clipgan", route_prefix="/")
     try:
         yield {"port": port, "handle": serve.get_deployment_handle("Generator", "clipgan")}
