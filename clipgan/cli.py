@@ -21,6 +21,8 @@ def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug lo
          ) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not verbose:
+        logging.getLogger("alembic").setLevel(logging.WARNING)
 
 
 def _fail(message: str) -> None:
@@ -172,6 +174,98 @@ def sample(
     finally:
         pipeline.close()
     _save(result, output)
+
+
+db_app = typer.Typer(no_args_is_help=True, help="Database schema (Alembic migrations).")
+users_app = typer.Typer(no_args_is_help=True, help="User accounts.")
+app.add_typer(db_app, name="db")
+app.add_typer(users_app, name="users")
+
+
+def _web_settings():
+    from pydantic import ValidationError
+
+    from web_backend.settings import WebSettings
+
+    try:
+        return WebSettings()
+    except ValidationError as exc:
+        _fail("; ".join(e["msg"].removeprefix("Value error, ") for e in exc.errors()))
+
+
+@db_app.command("upgrade")
+def db_upgrade(revision: Annotated[str, typer.Argument(help="Target revision.")] = "head",
+               ) -> None:
+    """Create or update every table (SQLite or PostgreSQL, from CLIPGAN_DATABASE_URL)."""
+    from web_backend import migrate
+
+    url = _web_settings().resolved_database_url
+    migrate.upgrade(url, revision)
+    err.print(f"database at revision {migrate.current(url)}", soft_wrap=True)
+
+
+@db_app.command("downgrade")
+def db_downgrade(revision: Annotated[str, typer.Argument(help="Target revision.")]) -> None:
+    """Undo migrations down to REVISION ('base' removes every table)."""
+    from web_backend import migrate
+
+    url = _web_settings().resolved_database_url
+    migrate.downgrade(url, revision)
+    err.print(f"database at revision {migrate.current(url)}", soft_wrap=True)
+
+
+@users_app.command("create")
+def users_create(
+    username: Annotated[str, typer.Argument(help="3-32 of A-Z a-z 0-9 _ . -")],
+    email: Annotated[str, typer.Argument()],
+    admin: Annotated[bool, Opt("--admin", help="Give administrator rights.")] = False,
+    password: Annotated[str | None, Opt(envvar="CLIPGAN_NEW_PASSWORD", help=(
+        "Default: asked for without echo."))] = None,
+) -> None:
+    """Create an account (the first administrator, for instance)."""
+    from pydantic import ValidationError
+    from sqlalchemy import or_, select
+
+    from web_backend import migrate
+    from web_backend.db import make_engine, make_session_factory
+    from web_backend.models import User
+    from web_backend.schemas import UserCreate
+    from web_backend.security import hash_password
+
+    if password is None:
+        password = typer.prompt("password", hide_input=True, confirmation_prompt=True)
+    try:
+        body = UserCreate(username=username, email=email, password=password)
+    except ValidationError as exc:
+        _fail("; ".join(f"{e['loc'][0]}: {e['msg']}" for e in exc.errors()))
+        return
+    url = _web_settings().resolved_database_url
+    if url.startswith("sqlite"):
+        migrate.upgrade(url)
+    engine = make_engine(url)
+    with make_session_factory(engine)() as session:
+        if session.scalar(select(User).where(or_(User.username == body.username,
+                                                 User.email == body.email.lower()))):
+            _fail("that username or email is already registered")
+        session.add(User(username=body.username, email=body.email.lower(), is_admin=admin,
+                         password_hash=hash_password(body.password)))
+        session.commit()
+    engine.dispose()
+    err.print(f"created {'administrator' if admin else 'user'} {body.username}")
+
+
+@app.command()
+def web(
+    host: Annotated[str, Opt(help="Address to bind.")] = "127.0.0.1",
+    port: Annotated[int, Opt(help="Port.")] = 8000,
+    workers: Annotated[int, Opt(help="uvicorn worker processes.")] = 1,
+) -> None:
+    """Run the web backend alone (reaches the ML side per CLIPGAN_ML_TRANSPORT)."""
+    import uvicorn
+
+    _web_settings()  # refuse unsafe settings before forking workers
+    uvicorn.run("web_backend.app:create_app_from_env", factory=True, host=host, port=port,
+                workers=workers, proxy_headers=False)
 
 
 if __name__ == "__main__":

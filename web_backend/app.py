@@ -1,0 +1,62 @@
+"""The FastAPI application factory: everything is built here, nothing at import time."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+
+from web_backend import migrate
+from web_backend.db import make_engine, make_session_factory
+from web_backend.errors import install_error_handlers
+from web_backend.ml_client import MLClient, ml_client_from_settings
+from web_backend.ratelimit import RateLimiter
+from web_backend.routes import admin, auth, jobs, system, users
+from web_backend.services import Services
+from web_backend.settings import WebSettings
+from web_backend.storage import LocalBlobStore
+
+log = logging.getLogger(__name__)
+
+
+def build_services(settings: WebSettings, ml_client: MLClient | None = None) -> Services:
+    engine = make_engine(settings.resolved_database_url)
+    return Services(
+        settings=settings, engine=engine, session_factory=make_session_factory(engine),
+        signing_key=settings.signing_key(), limiter=RateLimiter(settings.redis_url),
+        storage=LocalBlobStore(settings.data_dir / "blobs"),
+        ml=ml_client if ml_client is not None else ml_client_from_settings(
+            settings.ml_transport, ray_address=settings.ray_address,
+            app_name=settings.ml_app_name),
+    )
+
+
+def create_app(settings: WebSettings | None = None, *, ml_client: MLClient | None = None,
+               migrate_sqlite: bool = True) -> FastAPI:
+    """``ml_client``: how to reach the ML side (none: jobs queue up, readiness says so).
+
+    SQLite databases are migrated at start so ``make run`` needs no extra step;
+    PostgreSQL is migrated explicitly (``clipgan db upgrade``), once per deploy, never
+    by several workers racing each other.
+    """
+    settings = settings or WebSettings()
+    url = settings.resolved_database_url
+    if migrate_sqlite and url.startswith("sqlite"):
+        migrate.upgrade(url)
+    app = FastAPI(title="clipgan", version="0.1.0",
+                  description="Text to anime images: accounts, jobs and results.")
+    app.state.services = build_services(settings, ml_client)
+    install_error_handlers(app)
+    if settings.cors_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins,
+                           allow_methods=["GET", "POST", "PUT", "DELETE"],
+                           allow_headers=["Authorization", "Content-Type", "Idempotency-Key"])
+    for module in (system, auth, users, jobs, admin):
+        app.include_router(module.router)
+    return app
+
+
+def create_app_from_env() -> FastAPI:
+    """For ``uvicorn --factory web_backend.app:create_app_from_env`` (several workers)."""
+    return create_app()

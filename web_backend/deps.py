@@ -1,0 +1,117 @@
+"""FastAPI dependencies and their ``Annotated`` aliases: one place for auth and ownership."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Annotated
+
+from fastapi import Depends, HTTPException, Request
+from fastapi.security import OAuth2PasswordBearer
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from web_backend.models import AuthSession, Job, User
+from web_backend.security import TokenError, decode_access_token, verify_link
+from web_backend.services import Services
+from web_backend.settings import WebSettings
+
+oauth2_scheme = OAuth2PasswordBearer(tokenUrl="/v1/auth/token", auto_error=False)
+
+_UNAUTHORIZED = {"WWW-Authenticate": "Bearer"}
+
+
+def get_services(request: Request) -> Services:
+    return request.app.state.services
+
+
+ServicesDep = Annotated[Services, Depends(get_services)]
+
+
+def get_settings(services: ServicesDep) -> WebSettings:
+    return services.settings
+
+
+SettingsDep = Annotated[WebSettings, Depends(get_settings)]
+
+
+def get_session(services: ServicesDep) -> Iterator[Session]:
+    with services.session_factory() as session:
+        yield session
+
+
+SessionDep = Annotated[Session, Depends(get_session)]
+
+
+def _user_from_token(token: str | None, services: Services, session: Session,
+                     ) -> tuple[User, AuthSession]:
+    if not token:
+        raise HTTPException(401, "not signed in: send 'Authorization: Bearer <access token>'",
+                            headers=_UNAUTHORIZED)
+    try:
+        claims = decode_access_token(services.signing_key, token)
+    except TokenError:
+        raise HTTPException(401, "invalid or expired access token; sign in again or refresh",
+                            headers=_UNAUTHORIZED) from None
+    row = session.execute(
+        select(User, AuthSession).join(AuthSession, AuthSession.user_id == User.id)
+        .where(User.id == claims.user_id, AuthSession.id == claims.session_id)
+    ).first()
+    if row is None or row[1].revoked_at is not None:
+        raise HTTPException(401, "this session has ended; sign in again", headers=_UNAUTHORIZED)
+    if not row[0].is_active:
+        raise HTTPException(401, "this account is disabled", headers=_UNAUTHORIZED)
+    return row[0], row[1]
+
+
+def get_current_login(token: Annotated[str | None, Depends(oauth2_scheme)],
+                      services: ServicesDep, session: SessionDep) -> tuple[User, AuthSession]:
+    return _user_from_token(token, services, session)
+
+
+CurrentLogin = Annotated[tuple[User, AuthSession], Depends(get_current_login)]
+
+
+def get_current_user(login: CurrentLogin) -> User:
+    return login[0]
+
+
+CurrentUser = Annotated[User, Depends(get_current_user)]
+
+
+def get_admin(user: CurrentUser) -> User:
+    if not user.is_admin:
+        raise HTTPException(403, "administrators only")
+    return user
+
+
+AdminUser = Annotated[User, Depends(get_admin)]
+
+
+def get_owned_job(job_id: str, user: CurrentUser, session: SessionDep) -> Job:
+    """Another user's job answers exactly like a missing one: 404."""
+    job = session.get(Job, job_id)
+    if job is None or job.user_id != user.id:
+        raise HTTPException(404, f"no job {job_id}")
+    return job
+
+
+OwnedJob = Annotated[Job, Depends(get_owned_job)]
+
+
+def job_by_token_or_link(kind: str):
+    """Owner's bearer token, or a signed link (``?exp=&sig=``) for <img> tags and sharing."""
+
+    def dependency(job_id: str, request: Request, services: ServicesDep, session: SessionDep,
+                   token: Annotated[str | None, Depends(oauth2_scheme)] = None,
+                   exp: int | None = None, sig: str | None = None) -> Job:
+        if sig is not None and exp is not None:
+            if not verify_link(services.signing_key, job_id, kind, exp, sig):
+                raise HTTPException(403, "this link is invalid or has expired")
+            job = session.get(Job, job_id)
+            if job is None:
+                raise HTTPException(404, f"no job {job_id}")
+            return job
+        user, _ = _user_from_token(token, services, session)
+        return get_owned_job(job_id, user, session)
+
+    return dependency

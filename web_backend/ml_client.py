@@ -1,0 +1,115 @@
+"""How the web backend reaches the ML side: one interface, transports behind it.
+
+``HandleMLClient`` uses a Ray Serve DeploymentHandle (same cluster, or the local
+all-in-one run). Issue "job execution" adds the HTTP-ingress transport.
+Only ``ml_backend.protocol`` crosses this boundary.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from typing import Any, Protocol
+
+from ml_backend.protocol import Failure, GenerationRequest, Progress, Result
+
+
+class MLUnavailable(Exception):
+    """The ML side cannot be reached right now (scaled to zero, starting, down)."""
+
+
+class MLClient(Protocol):
+    async def info(self) -> dict[str, Any]: ...
+    async def sample(self, request: GenerationRequest) -> Result | Failure: ...
+    def generate(self, request: GenerationRequest) -> AsyncIterator[Progress | Result | Failure]: ...
+
+
+class NoMLClient:
+    """No ML side configured: every call says so (readiness reports it)."""
+
+    async def info(self) -> dict[str, Any]:
+        raise MLUnavailable("no ML side is configured (set CLIPGAN_ML_TRANSPORT)")
+
+    async def sample(self, request: GenerationRequest) -> Result | Failure:
+        raise MLUnavailable("no ML side is configured")
+
+    async def generate(self, request: GenerationRequest,
+                       ) -> AsyncIterator[Progress | Result | Failure]:
+        raise MLUnavailable("no ML side is configured")
+        yield  # pragma: no cover  (makes this an async generator)
+
+
+class HandleMLClient:
+    """Ray Serve DeploymentHandle transport; ``info`` is cached briefly.
+
+    ``handle`` may be a zero-argument callable that connects on first use, so a web
+    process starts (and queues jobs) while the cluster is still coming up.
+    """
+
+    def __init__(self, handle: Any, *, info_ttl_s: float = 10.0, timeout_s: float = 10.0) -> None:
+        self._handle_or_factory = handle
+        self._connected = not callable(handle) or hasattr(handle, "options")
+        self._lock = asyncio.Lock()
+        self._info: tuple[float, dict[str, Any]] | None = None
+        self._info_ttl_s = info_ttl_s
+        self._timeout_s = timeout_s
+
+    @property
+    def _handle(self) -> Any:
+        return self._handle_or_factory
+
+    async def _ensure_connected(self) -> None:
+        if self._connected:
+            return
+        async with self._lock:
+            if self._connected:
+                return
+            try:
+                self._handle_or_factory = await asyncio.to_thread(self._handle_or_factory)
+            except Exception as exc:
+                raise MLUnavailable(f"cannot reach the Ray cluster: {exc}") from None
+            self._connected = True
+
+    async def info(self) -> dict[str, Any]:
+        await self._ensure_connected()
+        now = time.monotonic()
+        if self._info is not None and now - self._info[0] < self._info_ttl_s:
+            return self._info[1]
+        try:
+            info = await asyncio.wait_for(self._handle.info.remote(), self._timeout_s)
+        except Exception as exc:
+            raise MLUnavailable(f"ML side did not answer: {type(exc).__name__}: {exc}") from None
+        self._info = (now, info)
+        return info
+
+    async def sample(self, request: GenerationRequest) -> Result | Failure:
+        await self._ensure_connected()
+        try:
+            return await self._handle.sample.remote(request)
+        except Exception as exc:
+            raise MLUnavailable(f"{type(exc).__name__}: {exc}") from None
+
+    async def generate(self, request: GenerationRequest,
+                       ) -> AsyncIterator[Progress | Result | Failure]:
+        await self._ensure_connected()
+        stream = self._handle.options(stream=True).generate.remote(request)
+        try:
+            async for message in stream:
+                yield message
+        finally:
+            stream.cancel()
+
+
+def ml_client_from_settings(transport: str, *, ray_address: str, app_name: str) -> MLClient:
+    if transport == "ray":
+        def connect() -> Any:
+            import ray
+            from ray import serve
+
+            if not ray.is_initialized():
+                ray.init(address=ray_address, namespace="serve", log_to_driver=False)
+            return serve.get_deployment_handle("Generator", app_name=app_name)
+
+        return HandleMLClient(connect)
+    return NoMLClient()

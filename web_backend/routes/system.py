@@ -1,0 +1,61 @@
+"""Liveness, readiness and the model list."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, HTTPException
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
+from sqlalchemy import text
+
+from web_backend.deps import ServicesDep
+from web_backend.ml_client import MLUnavailable
+
+router = APIRouter(tags=["system"])
+
+
+@router.get("/healthz")
+def healthz() -> dict[str, str]:
+    """The process answers (no dependencies checked)."""
+    return {"status": "ok"}
+
+
+def _database_ok(services: ServicesDep) -> str:
+    try:
+        with services.engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+        return "ok"
+    except Exception as exc:
+        return f"unreachable: {type(exc).__name__}"
+
+
+@router.get("/readyz", responses={503: {"description": "a dependency is down"}})
+async def readyz(services: ServicesDep) -> JSONResponse:
+    """Database and ML side reachable (and Redis, when rate limits use it)."""
+    checks: dict[str, str] = {"database": await run_in_threadpool(_database_ok, services)}
+    try:
+        await services.ml.info()
+        checks["ml"] = "ok"
+    except MLUnavailable as exc:
+        checks["ml"] = f"unreachable: {exc}"
+    if services.limiter.shared:
+        try:
+            checks["redis"] = "ok" if await run_in_threadpool(services.limiter.ping) else "down"
+        except Exception as exc:
+            checks["redis"] = f"unreachable: {type(exc).__name__}"
+    ready = all(v == "ok" for v in checks.values())
+    return JSONResponse({"status": "ready" if ready else "not ready", "checks": checks},
+                        status_code=200 if ready else 503)
+
+
+@router.get("/v1/models")
+async def models(services: ServicesDep) -> dict[str, Any]:
+    """The generators the ML side serves, with their defaults."""
+    try:
+        info = await services.ml.info()
+    except MLUnavailable as exc:
+        raise HTTPException(503, f"the image service is not reachable right now ({exc}); "
+                                 "jobs are still accepted and wait in the queue",
+                            headers={"Retry-After": "30"}) from None
+    return {"models": info.get("models", {}), "upscaler": info.get("upscaler")}

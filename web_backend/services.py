@@ -1,0 +1,24 @@
+"""Everything a request handler needs, built once per app by create_app (no globals)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from web_backend.ml_client import MLClient
+from web_backend.ratelimit import RateLimiter
+from web_backend.settings import WebSettings
+from web_backend.storage import BlobStore
+
+
+@dataclass
+class Services:
+    settings: WebSettings
+    engine: Engine
+    session_factory: sessionmaker[Session]
+    signing_key: bytes
+    limiter: RateLimiter
+    storage: BlobStore
+    ml: MLClient
