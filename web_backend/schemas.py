@@ -75,7 +75,7 @@ class RefreshRequest(BaseModel):
 
 class TokenPair(BaseModel):
     access_token: str
-    token_type: str = "bearer"
+    token_type: str = "bearer"  # noqa: S105 (the OAuth2 token type, not a secret)
     expires_in: int
     refresh_token: str
 

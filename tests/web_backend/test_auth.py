@@ -63,7 +63,7 @@ def test_token_attacks_are_refused(client: TestClient, alice: Account) -> None:
     header = base64.urlsafe_b64encode(json.dumps({"alg": "none", "typ": "JWT"}).encode())
     payload = base64.urlsafe_b64encode(json.dumps(claims).encode())
     alg_none = header.decode().rstrip("=") + "." + payload.decode().rstrip("=") + "."
-    head, body, sig = alice.tokens["access_token"].split(".")
+    head, _body, sig = alice.tokens["access_token"].split(".")
     raised = dict(claims, sub="999")
     tampered = head + "." + base64.urlsafe_b64encode(json.dumps(raised).encode()).decode().rstrip("=") + "." + sig
     now = int(time.time())
