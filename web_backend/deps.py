@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Annotated
 
-from fastapi import Depends, HTTPException, Request
+from fastapi import Depends, HTTPException, Path, Request
 from fastapi.security import OAuth2PasswordBearer
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -87,7 +87,10 @@ def get_admin(user: CurrentUser) -> User:
 AdminUser = Annotated[User, Depends(get_admin)]
 
 
-def get_owned_job(job_id: str, user: CurrentUser, session: SessionDep) -> Job:
+JobId = Annotated[str, Path(min_length=1, max_length=64, description="A job's id.")]
+
+
+def get_owned_job(job_id: JobId, user: CurrentUser, session: SessionDep) -> Job:
     """Another user's job answers exactly like a missing one: 404."""
     job = session.get(Job, job_id)
     if job is None or job.user_id != user.id:
@@ -101,7 +104,7 @@ OwnedJob = Annotated[Job, Depends(get_owned_job)]
 def job_by_token_or_link(kind: str):
     """Owner's bearer token, or a signed link (``?exp=&sig=``) for <img> tags and sharing."""
 
-    def dependency(job_id: str, request: Request, services: ServicesDep, session: SessionDep,
+    def dependency(job_id: JobId, request: Request, services: ServicesDep, session: SessionDep,
                    token: Annotated[str | None, Depends(oauth2_scheme)] = None,
                    exp: int | None = None, sig: str | None = None) -> Job:
         if sig is not None and exp is not None:

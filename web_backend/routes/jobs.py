@@ -182,6 +182,8 @@ async def events(request: Request, services: ServicesDep,
             data = out.model_dump_json()
             changes = {"status": out.status, "progress": out.progress.step,
                        "preview": preview_key}
+            if not seen:  # the first status event carries the whole job, progress included
+                seen["progress"] = out.progress.step
             for name, value in changes.items():
                 if seen.get(name, ...) != value:
                     seen[name] = value
