@@ -34,6 +34,7 @@ bench: $(STAMP)
 	$(PY) bench/generator.py
 	$(PY) bench/search.py
 	$(PY) bench/serve.py
+	$(PY) bench/web.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

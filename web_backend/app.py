@@ -10,6 +10,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from web_backend import migrate
 from web_backend.db import make_engine, make_session_factory
 from web_backend.errors import install_error_handlers
+from web_backend.middleware import ConcurrencyLimit
 from web_backend.ml_client import MLClient, ml_client_from_settings
 from web_backend.ratelimit import RateLimiter
 from web_backend.routes import admin, auth, jobs, system, users
@@ -24,6 +25,7 @@ def build_services(settings: WebSettings, ml_client: MLClient | None = None) -> 
     engine = make_engine(settings.resolved_database_url)
     return Services(
         settings=settings, engine=engine, session_factory=make_session_factory(engine),
+        write_session_factory=make_session_factory(engine, writes=True),
         signing_key=settings.signing_key(), limiter=RateLimiter(settings.redis_url),
         storage=LocalBlobStore(settings.data_dir / "blobs"),
         ml=ml_client if ml_client is not None else ml_client_from_settings(
@@ -54,6 +56,9 @@ def create_app(settings: WebSettings | None = None, *, ml_client: MLClient | Non
                            allow_headers=["Authorization", "Content-Type", "Idempotency-Key"])
     for module in (system, auth, users, jobs, admin):
         app.include_router(module.router)
+    # below the 40 threadpool threads and the 50 pooled connections (see middleware.py)
+    app.add_middleware(ConcurrencyLimit, limit=settings.max_concurrent_requests,
+                       exempt_suffixes=("/events", "/healthz"))
     return app
 
 

@@ -34,8 +34,21 @@ def get_settings(services: ServicesDep) -> WebSettings:
 SettingsDep = Annotated[WebSettings, Depends(get_settings)]
 
 
-def get_session(services: ServicesDep) -> Iterator[Session]:
-    with services.session_factory() as session:
+_MUTATING = {"POST", "PUT", "PATCH", "DELETE"}
+
+
+def get_session(request: Request, services: ServicesDep) -> Iterator[Session]:
+    """Requests that change things get a writing session; reads stay concurrent.
+
+    Invariant: a dependency that uses the session commits before it returns. FastAPI
+    runs each sync dependency as its own threadpool task, so a request waiting for a
+    thread between two of them would otherwise hold a pooled connection (and on SQLite
+    a lock) while doing nothing; under load that starves the pool. Committing returns
+    the connection, so connections in use never exceed the threads running.
+    """
+    factory = (services.write_session_factory if request.method in _MUTATING
+               else services.session_factory)
+    with factory() as session:
         yield session
 
 
@@ -60,6 +73,7 @@ def _user_from_token(token: str | None, services: Services, session: Session,
         raise HTTPException(401, "this session has ended; sign in again", headers=_UNAUTHORIZED)
     if not row[0].is_active:
         raise HTTPException(401, "this account is disabled", headers=_UNAUTHORIZED)
+    session.commit()  # see get_session: never return from a dependency inside a transaction
     return row[0], row[1]
 
 
@@ -93,6 +107,7 @@ JobId = Annotated[str, Path(min_length=1, max_length=64, description="A job's id
 def get_owned_job(job_id: JobId, user: CurrentUser, session: SessionDep) -> Job:
     """Another user's job answers exactly like a missing one: 404."""
     job = session.get(Job, job_id)
+    session.commit()  # see get_session
     if job is None or job.user_id != user.id:
         raise HTTPException(404, f"no job {job_id}")
     return job
@@ -111,6 +126,7 @@ def job_by_token_or_link(kind: str):
             if not verify_link(services.signing_key, job_id, kind, exp, sig):
                 raise HTTPException(403, "this link is invalid or has expired")
             job = session.get(Job, job_id)
+            session.commit()
             if job is None:
                 raise HTTPException(404, f"no job {job_id}")
             return job

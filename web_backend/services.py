@@ -17,7 +17,8 @@ from web_backend.storage import BlobStore
 class Services:
     settings: WebSettings
     engine: Engine
-    session_factory: sessionmaker[Session]
+    session_factory: sessionmaker[Session]        # reads
+    write_session_factory: sessionmaker[Session]  # changes (IMMEDIATE on SQLite)
     signing_key: bytes
     limiter: RateLimiter
     storage: BlobStore

@@ -47,6 +47,8 @@ class WebSettings(BaseSettings):
     default_job_seconds: float = Field(30.0, gt=0, description=(
         "ETA guess before any job has finished."))
     ml_slots: int = Field(8, ge=1, description="Jobs the ML side runs at once (for ETAs).")
+    max_concurrent_requests: int = Field(32, ge=1, le=40, description=(
+        "Requests in progress per worker; more wait their turn (SSE streams excepted)."))
     ml_transport: Literal["none", "ray"] = Field("none", description=(
         "How to reach the ML side: 'ray' = DeploymentHandle on the Ray cluster."))
     ray_address: str = Field("auto", description="Ray cluster address for ml_transport=ray.")

@@ -75,3 +75,26 @@ def test_generate_bad_input_says_what_to_fix(tmp_path: Path) -> None:
     no_model = _run("sample", "--model", "pokemon", data_dir=tmp_path)
     assert no_model.returncode == 2 and "unknown model 'pokemon'" in no_model.stderr
     assert "Traceback" not in too_long.stderr + bad_psi.stderr + no_model.stderr
+
+
+def test_users_create_and_db_commands(tmp_path: Path) -> None:
+    env_dev = {"CLIPGAN_ENV": "dev", "CLIPGAN_NEW_PASSWORD": "a long password"}
+
+    def run(*args: str, **env: str) -> subprocess.CompletedProcess:
+        full = {**os.environ, "CLIPGAN_DATA_DIR": str(tmp_path), **env}
+        return subprocess.run([*CLI, *args], capture_output=True, text=True, env=full,
+                              timeout=120)
+
+    made = run("users", "create", "root", "root@x.io", "--admin", **env_dev)
+    assert made.returncode == 0 and "created administrator root" in made.stderr
+    again = run("users", "create", "root", "other@x.io", **env_dev)
+    assert again.returncode == 2 and "already registered" in again.stderr
+    weak = run("users", "create", "eve", "eve@x.io", CLIPGAN_ENV="dev",
+               CLIPGAN_NEW_PASSWORD="short")
+    assert weak.returncode == 2 and "password: String should have at least 8" in weak.stderr
+    no_secret = run("db", "upgrade", CLIPGAN_ENV="prod")
+    assert no_secret.returncode == 2 and "CLIPGAN_SECRET_KEY is not set" in no_secret.stderr
+    down = run("db", "downgrade", "base", CLIPGAN_ENV="dev")
+    assert down.returncode == 0 and "revision None" in down.stderr
+    up = run("db", "upgrade", CLIPGAN_ENV="dev")
+    assert up.returncode == 0 and "revision 0001" in up.stderr

@@ -84,7 +84,7 @@ async def _parse_submission(request: Request) -> GenerationRequest:
 
 def _submit(services: Services, user: User, body: GenerationRequest,
             idempotency_key: str | None) -> tuple[JobOut, bool]:
-    with services.session_factory() as session:
+    with services.write_session_factory() as session:
         job, replayed = job_rules.create_job(session, services, user, body, idempotency_key)
         return job_rules.job_out(session, services, job), replayed
 
