@@ -20,3 +20,14 @@ def pipeline(demo_data_dir: Path) -> Iterator[Pipeline]:
                                              batch_slots=8))
     yield pipe
     pipe.close()
+
+
+@pytest.fixture(scope="session")
+def ml_handle(demo_data_dir: Path):
+    """The real Serve deployment class, in-process (local testing mode, no cluster)."""
+    from ray import serve
+
+    from ml_backend.serve import build_app
+
+    return serve.run(build_app(MLSettings(data_dir=demo_data_dir, device="cpu")),
+                     name="clipgan-tests", _local_testing_mode=True)

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from web_backend import migrate
 from web_backend.db import make_engine, make_session_factory
+from web_backend.dispatcher import Dispatcher
 from web_backend.errors import install_error_handlers
 from web_backend.middleware import ConcurrencyLimit
-from web_backend.ml_client import MLClient, ml_client_from_settings
+from web_backend.ml_client import MLClient, NoMLClient, ml_client_from_settings
 from web_backend.ratelimit import RateLimiter
 from web_backend.routes import admin, auth, jobs, system, users
 from web_backend.services import Services
@@ -46,9 +50,29 @@ def create_app(settings: WebSettings | None = None, *, ml_client: MLClient | Non
     url = settings.resolved_database_url
     if migrate_sqlite and url.startswith("sqlite"):
         migrate.upgrade(url)
-    app = FastAPI(title="clipgan", version="0.1.0",
+    services = build_services(settings, ml_client)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        """Run the dispatcher beside the API when there is an ML side to send jobs to."""
+        task = None
+        if settings.dispatcher_enabled and not isinstance(services.ml, NoMLClient):
+            app.state.dispatcher = Dispatcher(services, services.ml,
+                                              capacity=settings.ml_slots,
+                                              policy=settings.dispatch_policy())
+            task = asyncio.create_task(app.state.dispatcher.run(), name="dispatcher")
+        try:
+            yield
+        finally:
+            if task is not None:
+                app.state.dispatcher.stop()
+                await task
+            services.engine.dispose()
+
+    app = FastAPI(title="clipgan", version="0.1.0", lifespan=lifespan,
                   description="Text to anime images: accounts, jobs and results.")
-    app.state.services = build_services(settings, ml_client)
+    app.state.services = services
+    app.state.dispatcher = None
     install_error_handlers(app)
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins,

@@ -19,6 +19,16 @@ class MLUnavailable(Exception):
     """The ML side cannot be reached right now (scaled to zero, starting, down)."""
 
 
+class MLBusy(MLUnavailable):
+    """The ML side is reachable but full (Serve back pressure): try again later."""
+
+
+def _unavailable(exc: Exception) -> MLUnavailable:
+    if type(exc).__name__ == "BackPressureError":
+        return MLBusy(str(exc))
+    return MLUnavailable(f"{type(exc).__name__}: {exc}")
+
+
 class MLClient(Protocol):
     async def info(self) -> dict[str, Any]: ...
     async def sample(self, request: GenerationRequest) -> Result | Failure: ...
@@ -89,17 +99,25 @@ class HandleMLClient:
         try:
             return await self._handle.sample.remote(request)
         except Exception as exc:
-            raise MLUnavailable(f"{type(exc).__name__}: {exc}") from None
+            raise _unavailable(exc) from None
 
     async def generate(self, request: GenerationRequest,
                        ) -> AsyncIterator[Progress | Result | Failure]:
         await self._ensure_connected()
         stream = self._handle.options(stream=True).generate.remote(request)
         try:
-            async for message in stream:
+            while True:
+                try:
+                    message = await stream.__anext__()
+                except StopAsyncIteration:
+                    return
+                except Exception as exc:  # replica died, back pressure, cluster gone
+                    if type(exc).__name__ == "RequestCancelledError":
+                        raise asyncio.CancelledError from None  # we cancelled it ourselves
+                    raise _unavailable(exc) from None
                 yield message
         finally:
-            stream.cancel()
+            stream.cancel()  # our caller stopped listening: stop the search too
 
 
 def ml_client_from_settings(transport: str, *, ray_address: str, app_name: str) -> MLClient:

@@ -124,3 +124,6 @@ class Job(Base):
     lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True),
                                                               nullable=True)
     fencing_token: Mapped[int] = mapped_column(BigInteger, default=0)
+    # a queued job is not claimed before this (retry backoff); NULL = at once
+    available_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True),
+                                                          nullable=True)

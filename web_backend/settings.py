@@ -49,6 +49,13 @@ class WebSettings(BaseSettings):
     ml_slots: int = Field(8, ge=1, description="Jobs the ML side runs at once (for ETAs).")
     max_concurrent_requests: int = Field(32, ge=1, le=40, description=(
         "Requests in progress per worker; more wait their turn (SSE streams excepted)."))
+    dispatcher_enabled: bool = Field(True, description=(
+        "Run queued jobs from this web process (off: run `clipgan dispatcher` separately)."))
+    job_max_attempts: int = Field(3, ge=1, le=20, description="Tries for failures that pass.")
+    job_timeout_s: float = Field(1800.0, gt=0, description="Time limit of one attempt.")
+    job_lease_s: float = Field(30.0, ge=2, description=(
+        "A dispatcher that stops renewing loses its job after this long."))
+    retry_backoff_s: list[float] = Field(default_factory=lambda: [2.0, 10.0, 30.0])
     ml_transport: Literal["none", "ray"] = Field("none", description=(
         "How to reach the ML side: 'ray' = DeploymentHandle on the Ray cluster."))
     ray_address: str = Field("auto", description="Ray cluster address for ml_transport=ray.")
@@ -72,6 +79,13 @@ class WebSettings(BaseSettings):
     @property
     def resolved_database_url(self) -> str:
         return self.database_url or f"sqlite:///{(self.data_dir / 'clipgan.db').resolve()}"
+
+    def dispatch_policy(self):
+        from web_backend.dispatcher import DispatchPolicy
+
+        return DispatchPolicy(lease_s=self.job_lease_s, max_attempts=self.job_max_attempts,
+                              job_timeout_s=self.job_timeout_s,
+                              backoff_s=tuple(self.retry_backoff_s) or (2.0,))
 
     def signing_key(self) -> bytes:
         """The secret key; in dev without one, a random key kept in the data dir."""

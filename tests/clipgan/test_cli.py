@@ -97,4 +97,4 @@ def test_users_create_and_db_commands(tmp_path: Path) -> None:
     down = run("db", "downgrade", "base", CLIPGAN_ENV="dev")
     assert down.returncode == 0 and "revision None" in down.stderr
     up = run("db", "upgrade", CLIPGAN_ENV="dev")
-    assert up.returncode == 0 and "revision 0001" in up.stderr
+    assert up.returncode == 0 and "revision 0002" in up.stderr

@@ -1,23 +1,13 @@
 """Health, readiness (database + ML side + Redis) and the model list."""
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
-import pytest
 from fastapi.testclient import TestClient
-from ray import serve
 
-from ml_backend.serve import build_app
-from ml_backend.settings import MLSettings
 from web_backend.app import create_app
 from web_backend.ml_client import HandleMLClient
 from web_backend.settings import WebSettings
-
-
-@pytest.fixture(scope="module")
-def ml_handle(demo_data_dir: Path) -> Iterator:
-    yield serve.run(build_app(MLSettings(data_dir=demo_data_dir, device="cpu")),
-                    name="clipgan-web-tests", _local_testing_mode=True)
 
 
 def test_healthz_needs_nothing(client: TestClient) -> None:
@@ -61,3 +51,16 @@ def test_unknown_routes_and_methods_are_json(client: TestClient) -> None:
     assert client.get("/nope").json() == {"detail": "Not Found"}
     r = client.put("/healthz")
     assert r.status_code == 405 and r.json() == {"detail": "Method Not Allowed"}
+
+
+def test_cors_is_same_origin_unless_configured(make_settings: Callable[..., WebSettings]) -> None:
+    preflight = {"Origin": "https://anime.example", "Access-Control-Request-Method": "POST"}
+    with TestClient(create_app(make_settings())) as closed:
+        r = closed.options("/v1/jobs", headers=preflight)
+        assert "access-control-allow-origin" not in r.headers
+    allowed = make_settings(cors_origins=["https://anime.example"])
+    with TestClient(create_app(allowed)) as open_:
+        r = open_.options("/v1/jobs", headers=preflight)
+        assert r.headers["access-control-allow-origin"] == "https://anime.example"
+        other = open_.options("/v1/jobs", headers={**preflight, "Origin": "https://evil.example"})
+        assert "access-control-allow-origin" not in other.headers

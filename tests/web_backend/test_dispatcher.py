@@ -1,0 +1,164 @@
+"""The dispatcher on SQLite and PostgreSQL, against the real Serve deployment in-process."""
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+from sqlalchemy import update
+
+from ml_backend.png import read_png_text
+from tests.web_backend.conftest import Account, make_admin
+from web_backend.app import create_app
+from web_backend.dispatcher import Dispatcher, DispatchPolicy, JobStore, LeaseLost
+from web_backend.ml_client import HandleMLClient, NoMLClient
+from web_backend.models import Job, utcnow
+from web_backend.settings import WebSettings
+
+
+def wait_for(account: Account, job_id: str, predicate: Callable[[dict], bool],
+             timeout: float = 90) -> dict:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        job = account.get(f"/v1/jobs/{job_id}").json()
+        if predicate(job):
+            return job
+        time.sleep(0.1)
+    raise AssertionError(f"job never reached the state: {job}")
+
+
+@pytest.fixture
+def live(make_settings: Callable[..., WebSettings], ml_handle) -> Iterator[tuple[FastAPI, TestClient]]:
+    settings = make_settings(job_lease_s=5, retry_backoff_s=[0.1])
+    app = create_app(settings, ml_client=HandleMLClient(ml_handle))
+    with TestClient(app) as client:
+        yield app, client
+
+
+def test_a_job_runs_to_a_stored_picture(live) -> None:
+    app, client = live
+    alice = Account(client, "alice")
+    job = alice.post("/v1/jobs", json={"prompt": "blue hair | hat:-0.5", "steps": 6, "seed": 4,
+                                       "preview_every": 3}).json()
+    done = wait_for(alice, job["id"], lambda j: j["status"] not in ("queued", "running"))
+    assert done["status"] == "succeeded", done["error"]
+    assert done["progress"] == {"step": 6, "total": 6, "score": done["progress"]["score"]}
+    assert done["seed"] == 4 and done["timings"]["total_s"] > 0
+    assert done["preview_url"] is not None
+    png = client.get(done["image_url"]).content
+    text = read_png_text(png)
+    assert text["prompt"] == "blue hair:1 | hat:-0.5" and text["seed"] == "4"
+    assert app.state.dispatcher.executions == 1
+
+
+def test_cancel_reaches_the_running_search(live, ml_handle) -> None:
+    _, client = live
+    alice = Account(client, "alice")
+    job = alice.post("/v1/jobs", json={"prompt": "smile", "steps": 500}).json()
+    wait_for(alice, job["id"], lambda j: j["progress"]["step"] >= 2)
+    alice.delete(f"/v1/jobs/{job['id']}")
+    cancelled = wait_for(alice, job["id"], lambda j: j["status"] == "cancelled", timeout=15)
+    assert cancelled["progress"]["step"] < 500
+    load = ml_handle.info.remote().result()["load"]["default"]
+    assert load["active"] == 0
+
+
+def test_invalid_requests_fail_at_once_with_the_reason(live) -> None:
+    app, client = live
+    alice = Account(client, "alice")
+    job = alice.post("/v1/jobs", json={"prompt": "word " * 80}).json()
+    failed = wait_for(alice, job["id"], lambda j: j["status"] == "failed")
+    assert "tokens long" in failed["error"]
+    with app.state.services.session_factory() as session:
+        assert session.get(Job, job["id"]).attempts == 1
+
+
+def test_time_limit_fails_the_job(make_settings, ml_handle) -> None:
+    app = create_app(make_settings(job_timeout_s=1.5), ml_client=HandleMLClient(ml_handle))
+    with TestClient(app) as client:
+        alice = Account(client, "alice")
+        job = alice.post("/v1/jobs", json={"prompt": "smile", "steps": 500}).json()
+        failed = wait_for(alice, job["id"], lambda j: j["status"] == "failed", timeout=30)
+        assert "time limit of 2 s exceeded" in failed["error"]
+
+
+def test_unreachable_ml_side_is_retried_then_failed(app: FastAPI, client: TestClient) -> None:
+    alice = Account(client, "alice")
+    job_id = alice.post("/v1/jobs", json={"prompt": "smile"}).json()["id"]
+    policy = DispatchPolicy(lease_s=5, max_attempts=3, backoff_s=(0.05,))
+    dispatcher = Dispatcher(app.state.services, NoMLClient(), capacity=2, policy=policy,
+                            poll_s=0.05)
+
+    async def run_until_done() -> None:
+        runner = asyncio.create_task(dispatcher.run())
+        for _ in range(200):
+            await asyncio.sleep(0.05)
+            if alice.get(f"/v1/jobs/{job_id}").json()["status"] == "failed":
+                break
+        dispatcher.stop()
+        await runner
+
+    asyncio.run(run_until_done())
+    job = alice.get(f"/v1/jobs/{job_id}").json()
+    assert job["status"] == "failed"
+    assert job["error"].startswith("the image service failed 3 times; last error: no ML side")
+    assert dispatcher.executions == 3
+
+
+def _queue(app: FastAPI, alice: Account, n: int) -> list[str]:
+    make_admin(app, alice)
+    alice.put(f"/v1/admin/users/{alice.id}/limits",
+              json={"max_active_jobs": 1000, "submissions_per_minute": 1000})
+    return [alice.post("/v1/jobs", json={"prompt": "smile", "seed": i}).json()["id"]
+            for i in range(n)]
+
+
+def test_concurrent_claims_take_each_job_exactly_once(app: FastAPI, client: TestClient) -> None:
+    ids = _queue(app, Account(client, "alice"), 24)
+    stores = [JobStore(app.state.services, f"owner-{i}", DispatchPolicy()) for i in range(4)]
+    claimed: list[str] = []
+    lock = threading.Lock()
+
+    def claim_all(store: JobStore) -> None:
+        while (claim := store.claim()) is not None:
+            with lock:
+                claimed.append(claim.job_id)
+
+    threads = [threading.Thread(target=claim_all, args=(s,)) for s in stores]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(claimed) == sorted(ids)
+
+
+def test_fencing_after_a_lease_is_taken_over(app: FastAPI, client: TestClient) -> None:
+    job_id = _queue(app, Account(client, "alice"), 1)[0]
+    services = app.state.services
+    policy = DispatchPolicy(lease_s=60, max_attempts=2)
+    stale, fresh = JobStore(services, "stale", policy), JobStore(services, "fresh", policy)
+    first = stale.claim()
+
+    def expire() -> None:
+        with services.write_session_factory() as session:
+            session.execute(update(Job).where(Job.id == job_id).values(
+                lease_expires_at=utcnow().replace(year=2000)))
+            session.commit()
+
+    expire()  # the stale owner went silent past its lease
+    assert fresh.reclaim_expired() == 1
+    second = fresh.claim()
+    assert second.job_id == job_id and second.token == first.token + 1
+    with pytest.raises(LeaseLost):
+        stale.renew(first, progress_step=3)
+    with pytest.raises(LeaseLost):
+        stale.finish(first, "succeeded", result_key="0" * 64 + ".png")
+    expire()  # the second owner dies too: that was the last attempt
+    fresh.reclaim_expired()
+    with services.session_factory() as session:
+        job = session.get(Job, job_id)
+        assert job.status == "failed" and "stopped answering 2 times" in job.error
+        assert job.result_key is None
