@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 run: $(STAMP)
-	$(VENV)/bin/clipgan info
+	$(VENV)/bin/clipgan serve
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check .

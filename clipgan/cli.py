@@ -268,5 +268,68 @@ def web(
                 workers=workers, proxy_headers=False)
 
 
+@app.command()
+def serve(
+    host: Annotated[str, Opt(help="Address to bind.")] = "127.0.0.1",
+    port: Annotated[int, Opt(help="Port.")] = 8000,
+) -> None:
+    """Everything on this machine in one process: the generator (in-process Serve app),
+    the API and the dispatcher, on SQLite and local files. Dev mode unless CLIPGAN_ENV
+    says otherwise. Ctrl-C stops it; the next start finds the same users and jobs."""
+    import os
+
+    import uvicorn
+    from ray import serve as ray_serve
+
+    from ml_backend.serve import build_app
+    from ml_backend.settings import MLSettings
+    from web_backend.app import create_app
+    from web_backend.ml_client import HandleMLClient
+
+    os.environ.setdefault("CLIPGAN_ENV", "dev")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    web_settings = _web_settings()
+    ml_settings = MLSettings()
+    err.print("loading models (demo weights unless configured)...")
+    handle = ray_serve.run(build_app(ml_settings), name="clipgan", _local_testing_mode=True)
+    api = create_app(web_settings, ml_client=HandleMLClient(handle))
+    err.print(f"\nclipgan is running at http://{host}:{port}  (API docs: /docs)\n"
+              "create an account:  .venv/bin/clipgan users create NAME EMAIL [--admin]\n"
+              "or POST /v1/users; data lives in "
+              f"{web_settings.data_dir.resolve()}; Ctrl-C stops\n", soft_wrap=True)
+    uvicorn.run(api, host=host, port=port, log_level="info")
+
+
+@app.command()
+def dispatcher(
+    capacity: Annotated[int | None, Opt(help="Jobs at once; default CLIPGAN_ML_SLOTS.")] = None,
+) -> None:
+    """Run queued jobs on the ML side (CLIPGAN_ML_TRANSPORT), without serving the API."""
+    import asyncio
+    import signal
+
+    from web_backend.app import build_services
+    from web_backend.dispatcher import Dispatcher
+    from web_backend.ml_client import NoMLClient, ml_client_from_settings
+
+    settings = _web_settings()
+    ml = ml_client_from_settings(settings.ml_transport, ray_address=settings.ray_address,
+                                 app_name=settings.ml_app_name)
+    if isinstance(ml, NoMLClient):
+        _fail("no ML side configured: set CLIPGAN_ML_TRANSPORT=ray")
+    services = build_services(settings, ml)
+    worker = Dispatcher(services, ml, capacity=capacity or settings.ml_slots,
+                        policy=settings.dispatch_policy())
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, worker.stop)
+        err.print(f"dispatcher {worker.owner} running (capacity {worker.capacity})")
+        await worker.run()
+
+    asyncio.run(main())
+
+
 if __name__ == "__main__":
     app()
