@@ -313,10 +313,12 @@ def dispatcher(
     from web_backend.ml_client import NoMLClient, ml_client_from_settings
 
     settings = _web_settings()
-    ml = ml_client_from_settings(settings.ml_transport, ray_address=settings.ray_address,
-                                 app_name=settings.ml_app_name)
+    ml = ml_client_from_settings(
+        settings.ml_transport, ray_address=settings.ray_address, app_name=settings.ml_app_name,
+        url=settings.ml_url,
+        secret=settings.ml_secret.get_secret_value() if settings.ml_secret else None)
     if isinstance(ml, NoMLClient):
-        _fail("no ML side configured: set CLIPGAN_ML_TRANSPORT=ray")
+        _fail("no ML side configured: set CLIPGAN_ML_TRANSPORT to ray or http")
     services = build_services(settings, ml)
     worker = Dispatcher(services, ml, capacity=capacity or settings.ml_slots,
                         policy=settings.dispatch_policy())

@@ -1,5 +1,8 @@
 """Shared fixtures: one demo-weights pipeline per session (building it takes seconds)."""
 
+import os
+import secrets
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -31,3 +34,36 @@ def ml_handle(demo_data_dir: Path):
 
     return serve.run(build_app(MLSettings(data_dir=demo_data_dir, device="cpu")),
                      name="clipgan-tests", _local_testing_mode=True)
+
+
+CLUSTER_SECRET = secrets.token_hex(32)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def cluster(demo_data_dir: Path) -> Iterator[dict]:
+    """A real local Ray cluster running the app with its private HTTP ingress."""
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    import ray
+    from ray import serve
+
+    from ml_backend.serve import build_app, start_options
+
+    port = free_port()
+    settings = MLSettings(data_dir=demo_data_dir, device="cpu", ingress_enabled=True,
+                          ingress_secret=CLUSTER_SECRET, ingress_port=port, replica_cpus=1,
+                          min_replicas=1)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    serve.start(**start_options(settings))
+    serve.run(build_app(settings), name="clipgan", route_prefix="/")
+    try:
+        yield {"port": port, "url": f"http://127.0.0.1:{port}",
+               "handle": serve.get_deployment_handle("Generator", "clipgan")}
+    finally:
+        serve.shutdown()
+        ray.shutdown()

@@ -34,7 +34,8 @@ def build_services(settings: WebSettings, ml_client: MLClient | None = None) -> 
         storage=LocalBlobStore(settings.data_dir / "blobs"),
         ml=ml_client if ml_client is not None else ml_client_from_settings(
             settings.ml_transport, ray_address=settings.ray_address,
-            app_name=settings.ml_app_name),
+            app_name=settings.ml_app_name, url=settings.ml_url,
+            secret=settings.ml_secret.get_secret_value() if settings.ml_secret else None),
     )
 
 

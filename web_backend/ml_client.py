@@ -12,7 +12,12 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any, Protocol
 
-from ml_backend.protocol import Failure, GenerationRequest, Progress, Result
+import httpx
+from pydantic import TypeAdapter, ValidationError
+
+from ml_backend.protocol import Failure, GenerationRequest, Progress, Result, StreamMessage
+
+_MESSAGE = TypeAdapter(StreamMessage)
 
 
 class MLUnavailable(Exception):
@@ -120,7 +125,71 @@ class HandleMLClient:
             stream.cancel()  # our caller stopped listening: stop the search too
 
 
-def ml_client_from_settings(transport: str, *, ray_address: str, app_name: str) -> MLClient:
+class HttpMLClient:
+    """The ML side's private HTTP ingress (a web backend on another machine).
+
+    NDJSON streams; every request carries the shared secret. Closing a stream closes
+    the connection, which the ingress turns into a cancel of the search.
+    """
+
+    def __init__(self, base_url: str, secret: str, *, connect_timeout_s: float = 10.0) -> None:
+        timeout = httpx.Timeout(connect_timeout_s, read=None)  # searches stream for minutes
+        self._client = httpx.AsyncClient(base_url=base_url.rstrip("/"), timeout=timeout,
+                                         headers={"Authorization": f"Bearer {secret}"})
+
+    async def info(self) -> dict[str, Any]:
+        try:
+            response = await self._client.get("/v1/info", timeout=10)
+        except httpx.HTTPError as exc:
+            raise MLUnavailable(f"{type(exc).__name__}: {exc}") from None
+        self._check(response)
+        return response.json()
+
+    async def sample(self, request: GenerationRequest) -> Result | Failure:
+        try:
+            response = await self._client.post(
+                "/v1/sample", content=request.model_dump_json(),
+                headers={"Content-Type": "application/json"})
+        except httpx.HTTPError as exc:
+            raise MLUnavailable(f"{type(exc).__name__}: {exc}") from None
+        if response.status_code in (200, 422):
+            return _MESSAGE.validate_json(response.content)
+        self._check(response)
+        raise MLUnavailable(f"ingress answered {response.status_code}")
+
+    async def generate(self, request: GenerationRequest,
+                       ) -> AsyncIterator[Progress | Result | Failure]:
+        try:
+            async with self._client.stream(
+                    "POST", "/v1/generate", content=request.model_dump_json(),
+                    headers={"Content-Type": "application/json"}) as response:
+                if response.status_code == 422:
+                    body = (await response.aread()).decode(errors="replace")
+                    yield Failure(code="invalid_request", message=body[:500])
+                    return
+                self._check(response)
+                async for line in response.aiter_lines():
+                    if line:
+                        yield _MESSAGE.validate_json(line)
+        except (httpx.HTTPError, ValidationError) as exc:
+            raise MLUnavailable(f"{type(exc).__name__}: {exc}") from None
+
+    @staticmethod
+    def _check(response: httpx.Response) -> None:
+        if response.status_code == 401:
+            raise MLUnavailable("the ML ingress refused our shared secret (check "
+                                "CLIPGAN_ML_SECRET)")
+        if response.status_code == 503:
+            raise MLBusy("the ML ingress is overloaded")
+        if response.status_code != 200:
+            raise MLUnavailable(f"the ML ingress answered {response.status_code}")
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+
+def ml_client_from_settings(transport: str, *, ray_address: str, app_name: str,
+                            url: str | None = None, secret: str | None = None) -> MLClient:
     if transport == "ray":
         def connect() -> Any:
             import ray
@@ -131,4 +200,9 @@ def ml_client_from_settings(transport: str, *, ray_address: str, app_name: str) 
             return serve.get_deployment_handle("Generator", app_name=app_name)
 
         return HandleMLClient(connect)
+    if transport == "http":
+        if not url or not secret:
+            raise ValueError("CLIPGAN_ML_URL and CLIPGAN_ML_SECRET are needed for "
+                             "CLIPGAN_ML_TRANSPORT=http")
+        return HttpMLClient(url, secret)
     return NoMLClient()

@@ -56,8 +56,11 @@ class WebSettings(BaseSettings):
     job_lease_s: float = Field(30.0, ge=2, description=(
         "A dispatcher that stops renewing loses its job after this long."))
     retry_backoff_s: list[float] = Field(default_factory=lambda: [2.0, 10.0, 30.0])
-    ml_transport: Literal["none", "ray"] = Field("none", description=(
-        "How to reach the ML side: 'ray' = DeploymentHandle on the Ray cluster."))
+    ml_transport: Literal["none", "ray", "http"] = Field("none", description=(
+        "How to reach the ML side: 'ray' = DeploymentHandle on the Ray cluster, 'http' = "
+        "its private ingress (CLIPGAN_ML_URL + CLIPGAN_ML_SECRET)."))
+    ml_url: str | None = Field(None, description="Private ingress URL for ml_transport=http.")
+    ml_secret: SecretStr | None = Field(None, description="The ingress's shared secret.")
     ray_address: str = Field("auto", description="Ray cluster address for ml_transport=ray.")
     ml_app_name: str = Field("clipgan", description="Serve application name.")
 
@@ -74,6 +77,9 @@ class WebSettings(BaseSettings):
                 raise InsecureSettingsError(
                     f"CLIPGAN_SECRET_KEY is too short or a known default; use at least "
                     f"{MIN_SECRET_LENGTH} random characters")
+        if self.ml_transport == "http" and (not self.ml_url or not self.ml_secret):
+            raise InsecureSettingsError("CLIPGAN_ML_TRANSPORT=http needs CLIPGAN_ML_URL and "
+                                        "CLIPGAN_ML_SECRET")
         return self
 
     @property

@@ -2,49 +2,14 @@
 
 import asyncio
 import json
-import os
-import secrets
-import socket
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
 
+from tests.conftest import CLUSTER_SECRET as SECRET
+
 pytestmark = pytest.mark.slow
-
-SECRET = secrets.token_hex(32)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def cluster(demo_data_dir: Path) -> Iterator[dict]:
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    import ray
-    from ray import serve
-
-    from ml_backend.serve import build_app, start_options
-    from ml_backend.settings import MLSettings
-
-    port = _free_port()
-    settings = MLSettings(data_dir=demo_data_dir, device="cpu", ingress_enabled=True,
-                          ingress_secret=SECRET, ingress_port=port, replica_cpus=1,
-                          min_replicas=1)
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    serve.start(**start_options(settings))
-    serve.run(build_app(settings), name="clipgan", route_prefix="/")
-    try:
-        yield {"port": port, "handle": serve.get_deployment_handle("Generator", "clipgan")}
-    finally:
-        serve.shutdown()
-        ray.shutdown()
-
 
 def test_handle_streams_a_result(cluster: dict) -> None:
     from ml_backend.protocol import GenerationRequest, Progress, Result

@@ -1,0 +1,56 @@
+"""Both transports to a real ML side (local Ray cluster), and a job through the HTTP one."""
+
+import asyncio
+import time
+
+import pytest
+from fastapi.testclient import TestClient
+
+from ml_backend.protocol import GenerationRequest, Progress, Result
+from tests.conftest import CLUSTER_SECRET
+from tests.web_backend.conftest import Account
+from web_backend.app import create_app
+from web_backend.ml_client import HandleMLClient, HttpMLClient, MLUnavailable
+
+pytestmark = pytest.mark.slow
+
+
+async def _collect(client, request: GenerationRequest) -> list:
+    return [m async for m in client.generate(request)]
+
+
+@pytest.mark.parametrize("transport", ["http", "handle"])
+def test_generate_info_sample(cluster: dict, transport: str) -> None:
+    async def run() -> tuple:
+        client = (HttpMLClient(cluster["url"], CLUSTER_SECRET) if transport == "http"
+                  else HandleMLClient(cluster["handle"]))
+        messages = await _collect(client, GenerationRequest(prompt="smile", steps=3, seed=2))
+        return messages, await client.info(), await client.sample(GenerationRequest(seed="A"))
+
+    messages, info, sample = asyncio.run(run())
+    assert [type(m) for m in messages] == [Progress] * 3 + [Result]
+    assert info["models"]["default"]["demo_weights"]
+    assert isinstance(sample, Result) and sample.steps == 0
+
+
+def test_http_transport_with_a_wrong_secret_is_unavailable(cluster: dict) -> None:
+    async def run() -> None:
+        await HttpMLClient(cluster["url"], "x" * 64).info()
+
+    with pytest.raises(MLUnavailable, match="refused our shared secret"):
+        asyncio.run(run())
+
+
+def test_a_job_runs_through_the_http_ingress(cluster: dict, make_settings) -> None:
+    settings = make_settings(ml_transport="http", ml_url=cluster["url"],
+                             ml_secret=CLUSTER_SECRET)
+    with TestClient(create_app(settings)) as client:
+        alice = Account(client, "alice")
+        job = alice.post("/v1/jobs", json={"prompt": "cat ears", "steps": 4, "seed": 9}).json()
+        for _ in range(300):
+            state = alice.get(f"/v1/jobs/{job['id']}").json()
+            if state["status"] not in ("queued", "running"):
+                break
+            time.sleep(0.2)
+        assert state["status"] == "succeeded", state["error"]
+        assert client.get(state["image_url"]).content.startswith(b"\x89PNG")
