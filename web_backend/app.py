@@ -39,6 +39,12 @@ def build_services(settings: WebSettings, ml_client: MLClient | None = None) -> 
     )
 
 
+def _report_dispatcher_exit(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.critical("the dispatcher stopped: jobs will wait until this process restarts",
+                     exc_info=task.exception())
+
+
 def create_app(settings: WebSettings | None = None, *, ml_client: MLClient | None = None,
                migrate_sqlite: bool = True) -> FastAPI:
     """``ml_client``: how to reach the ML side (none: jobs queue up, readiness says so).
@@ -62,6 +68,7 @@ def create_app(settings: WebSettings | None = None, *, ml_client: MLClient | Non
                                               capacity=settings.ml_slots,
                                               policy=settings.dispatch_policy())
             task = asyncio.create_task(app.state.dispatcher.run(), name="dispatcher")
+            task.add_done_callback(_report_dispatcher_exit)
         try:
             yield
         finally:

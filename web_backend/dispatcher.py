@@ -174,15 +174,16 @@ class Dispatcher:
         last_reclaim = 0.0
         try:
             while not self._stop.is_set():
-                if time.monotonic() - last_reclaim > self.policy.lease_s / 3:
-                    await asyncio.to_thread(self.store.reclaim_expired)
-                    last_reclaim = time.monotonic()
                 claim = None
-                if len(self._tasks) < self.capacity:
-                    try:
+                try:  # the database may be restarting: nothing here may end the loop
+                    if time.monotonic() - last_reclaim > self.policy.lease_s / 3:
+                        await asyncio.to_thread(self.store.reclaim_expired)
+                        last_reclaim = time.monotonic()
+                    if len(self._tasks) < self.capacity:
                         claim = await asyncio.to_thread(self.store.claim)
-                    except Exception as exc:  # database restarting: keep trying
-                        log.warning("claiming failed (%s); retrying", type(exc).__name__)
+                except Exception as exc:
+                    log.warning("dispatcher database call failed (%s: %s); retrying",
+                                type(exc).__name__, exc)
                 if claim is not None:
                     task = asyncio.create_task(self._execute(claim), name=claim.job_id)
                     self._tasks.add(task)
