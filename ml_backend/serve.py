@@ -25,6 +25,8 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+import os
+import socket
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -109,7 +111,8 @@ class GeneratorDeployment:
             return _failure(exc)
 
     async def info(self) -> dict[str, Any]:
-        return {**self._pipeline.info(), "load": self._pipeline.load()}
+        return {**self._pipeline.info(), "load": self._pipeline.load(),
+                "replica": {"host": socket.gethostname(), "pid": os.getpid()}}
 
     async def check_health(self) -> None:
         """Models loaded, search threads alive, device usable; raising marks us unhealthy."""

@@ -17,7 +17,7 @@ from web_backend.errors import install_error_handlers
 from web_backend.middleware import ConcurrencyLimit
 from web_backend.ml_client import MLClient, NoMLClient, ml_client_from_settings
 from web_backend.ratelimit import RateLimiter
-from web_backend.routes import admin, auth, jobs, system, users
+from web_backend.routes import admin, auth, jobs, samples, system, users
 from web_backend.services import Services
 from web_backend.settings import WebSettings
 from web_backend.storage import LocalBlobStore
@@ -86,7 +86,7 @@ def create_app(settings: WebSettings | None = None, *, ml_client: MLClient | Non
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins,
                            allow_methods=["GET", "POST", "PUT", "DELETE"],
                            allow_headers=["Authorization", "Content-Type", "Idempotency-Key"])
-    for module in (system, auth, users, jobs, admin):
+    for module in (system, auth, users, jobs, samples, admin):
         app.include_router(module.router)
     # below the 40 threadpool threads and the 50 pooled connections (see middleware.py)
     app.add_middleware(ConcurrencyLimit, limit=settings.max_concurrent_requests,

@@ -168,6 +168,7 @@ class Dispatcher:
         self.poll_s = poll_s
         self._tasks: set[asyncio.Task[None]] = set()
         self._stop = asyncio.Event()
+        self._wake = asyncio.Event()  # a job was submitted in this process: claim now
         self.executions = 0  # ML calls started by this dispatcher (tests count them)
 
     async def run(self) -> None:
@@ -188,9 +189,12 @@ class Dispatcher:
                     task = asyncio.create_task(self._execute(claim), name=claim.job_id)
                     self._tasks.add(task)
                     task.add_done_callback(self._tasks.discard)
+                    task.add_done_callback(lambda _: self._wake.set())  # a slot is free
                     continue
+                self._wake.clear()
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stop.wait(), self.poll_s)
+                    # other processes' submissions are found by polling
+                    await asyncio.wait_for(self._wake.wait(), self.poll_s)
         finally:
             for task in list(self._tasks):
                 task.cancel()
@@ -198,6 +202,12 @@ class Dispatcher:
 
     def stop(self) -> None:
         self._stop.set()
+        self._wake.set()
+
+    def wake(self) -> None:
+        """Call from the dispatcher's event loop after queueing a job (or a finished one
+        frees a slot): skips the poll interval."""
+        self._wake.set()
 
     # --- one job -------------------------------------------------------------------
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections import OrderedDict
+from dataclasses import dataclass, field
 
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
@@ -23,3 +24,5 @@ class Services:
     limiter: RateLimiter
     storage: BlobStore
     ml: MLClient
+    sample_cache: OrderedDict[tuple[str, int, float | None], bytes] = field(
+        default_factory=OrderedDict)  # (model, seed, psi) -> PNG; small LRU per process

@@ -44,6 +44,8 @@ class WebSettings(BaseSettings):
     daily_images: int = Field(200, ge=1)
     login_attempts_per_minute: int = Field(10, ge=1, description="Per client IP.")
     registrations_per_hour: int = Field(20, ge=1, description="Per client IP.")
+    samples_per_minute: int = Field(30, ge=1, description="Instant samples per client address.")
+    sample_cache_size: int = Field(512, ge=0, description="Instant samples kept in memory.")
     default_job_seconds: float = Field(30.0, gt=0, description=(
         "ETA guess before any job has finished."))
     ml_slots: int = Field(8, ge=1, description="Jobs the ML side runs at once (for ETAs).")

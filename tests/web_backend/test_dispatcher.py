@@ -62,7 +62,11 @@ def test_cancel_reaches_the_running_search(live, ml_handle) -> None:
     alice.delete(f"/v1/jobs/{job['id']}")
     cancelled = wait_for(alice, job["id"], lambda j: j["status"] == "cancelled", timeout=15)
     assert cancelled["progress"]["step"] < 500
-    load = ml_handle.info.remote().result()["load"]["default"]
+    for _ in range(50):  # the search stops at its next step boundary
+        load = ml_handle.info.remote().result()["load"]["default"]
+        if load["active"] == 0:
+            break
+        time.sleep(0.1)
     assert load["active"] == 0
 
 

@@ -54,3 +54,33 @@ def test_a_job_runs_through_the_http_ingress(cluster: dict, make_settings) -> No
             time.sleep(0.2)
         assert state["status"] == "succeeded", state["error"]
         assert client.get(state["image_url"]).content.startswith(b"\x89PNG")
+
+
+def test_killing_the_replica_mid_job_retries_and_completes(cluster: dict, make_settings) -> None:
+    import os
+    import signal
+
+    from web_backend.models import Job
+
+    handle = cluster["handle"]
+    settings = make_settings(retry_backoff_s=[1.0], job_lease_s=10)
+    app = create_app(settings, ml_client=HandleMLClient(handle))
+    with TestClient(app) as client:
+        alice = Account(client, "alice")
+        job = alice.post("/v1/jobs", json={"prompt": "smile", "steps": 120, "seed": 3}).json()
+        for _ in range(600):
+            state = alice.get(f"/v1/jobs/{job['id']}").json()
+            if state["progress"]["step"] >= 3:
+                break
+            time.sleep(0.1)
+        victim = handle.info.remote().result()["replica"]["pid"]
+        os.kill(victim, signal.SIGKILL)  # the replica dies as on a reclaimed spot node
+        for _ in range(1800):
+            state = alice.get(f"/v1/jobs/{job['id']}").json()
+            if state["status"] not in ("queued", "running"):
+                break
+            time.sleep(0.1)
+        assert state["status"] == "succeeded", state["error"]
+        with app.state.services.session_factory() as session:
+            assert session.get(Job, job["id"]).attempts == 2
+        assert handle.info.remote().result()["replica"]["pid"] != victim

@@ -100,6 +100,9 @@ async def submit_job(request: Request, response: Response, user: CurrentUser,
                      ) -> JobOut:
     body = await _parse_submission(request)
     out, replayed = await run_in_threadpool(_submit, services, user, body, idempotency_key)
+    dispatcher = getattr(request.app.state, "dispatcher", None)
+    if dispatcher is not None and not replayed:
+        dispatcher.wake()  # same event loop: start it now rather than at the next poll
     if replayed:
         response.headers["Idempotent-Replayed"] = "true"
     return out
