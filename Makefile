@@ -35,6 +35,7 @@ bench: $(STAMP)
 	$(PY) bench/search.py
 	$(PY) bench/serve.py
 	$(PY) bench/web.py
+	$(PY) bench/e2e.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
