@@ -22,7 +22,6 @@ import logging
 import os
 import pickle
 import re
-import tempfile
 import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -33,6 +32,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as safetensors_save
 
+from ml_backend.files import atomic_write
 from ml_backend.safe_pickle import PersistedModule, safe_load
 from ml_backend.stylegan2 import ConfigError, Generator, GeneratorConfig, make_filter
 
@@ -149,19 +149,7 @@ def save_checkpoint(ckpt: GeneratorCheckpoint, path: str | os.PathLike[str]) -> 
     })
     tensors = {k: v.detach().to(torch.float32).contiguous().cpu()
                for k, v in ckpt.state_dict.items()}
-    data = safetensors_save(tensors, metadata=metadata)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write(path, safetensors_save(tensors, metadata=metadata))
 
 
 def convert_checkpoint(src: str | os.PathLike[str], dst: str | os.PathLike[str], *,

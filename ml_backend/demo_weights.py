@@ -9,12 +9,12 @@ model info), and real checkpoints are configured by path.
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
 import torch
 
 from ml_backend.checkpoints import GeneratorCheckpoint, save_checkpoint
+from ml_backend.files import atomic_write
 from ml_backend.stylegan2 import Generator, GeneratorConfig, SynthesisLayer
 
 log = logging.getLogger(__name__)
@@ -76,14 +76,11 @@ def build_demo_clip_state_dict() -> dict[str, torch.Tensor]:
 
 def demo_clip_path(data_dir: Path) -> Path:
     """Path of the cached demo CLIP (safetensors), building it the first time."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     path = Path(data_dir) / "demo" / f"clip-demo-v{DEMO_VERSION}.safetensors"
     if not path.exists():
         log.warning("building untrained demo CLIP at %s (no CLIP checkpoint configured)", path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        save_file(build_demo_clip_state_dict(), tmp,
-                  metadata={"clipgan.demo": "true", "clipgan.note": "untrained random CLIP"})
-        os.replace(tmp, path)
+        atomic_write(path, save(build_demo_clip_state_dict(), metadata={
+            "clipgan.demo": "true", "clipgan.note": "untrained random CLIP"}))
     return path

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
@@ -46,8 +45,3 @@ def make_session_factory(engine: Engine, *, writes: bool = False) -> sessionmake
     """``writes=True``: sessions that will change rows (matters on SQLite only)."""
     bind = engine.execution_options(**{WRITE_OPTION: True}) if writes else engine
     return sessionmaker(bind, expire_on_commit=False)
-
-
-def session_scope(factory: sessionmaker[Session]) -> Iterator[Session]:
-    with factory() as session:
-        yield session

@@ -119,7 +119,7 @@ OwnedJob = Annotated[Job, Depends(get_owned_job)]
 def job_by_token_or_link(kind: str):
     """Owner's bearer token, or a signed link (``?exp=&sig=``) for <img> tags and sharing."""
 
-    def dependency(job_id: JobId, request: Request, services: ServicesDep, session: SessionDep,
+    def dependency(job_id: JobId, services: ServicesDep, session: SessionDep,
                    token: Annotated[str | None, Depends(oauth2_scheme)] = None,
                    exp: int | None = None, sig: str | None = None) -> Job:
         if sig is not None and exp is not None:

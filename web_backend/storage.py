@@ -20,7 +20,11 @@ class BlobStore(Protocol):
 
 
 class LocalBlobStore:
-    """Files under ``root/ab/cd/<sha256><suffix>``, written atomically (temp + rename)."""
+    """Files under ``root/ab/cd/<sha256><suffix>``, written atomically (temp + rename).
+
+    (ml_backend/files.py does the same for checkpoints; the web side keeps its own copy
+    because it may import only ml_backend.protocol.)
+    """
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)

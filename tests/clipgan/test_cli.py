@@ -98,3 +98,15 @@ def test_users_create_and_db_commands(tmp_path: Path) -> None:
     assert down.returncode == 0 and "revision None" in down.stderr
     up = run("db", "upgrade", CLIPGAN_ENV="dev")
     assert up.returncode == 0 and "revision 0002" in up.stderr
+
+
+def test_dispatcher_without_an_ml_side_says_how_to_configure_one(tmp_path: Path) -> None:
+    env = {**os.environ, "CLIPGAN_DATA_DIR": str(tmp_path), "CLIPGAN_ENV": "dev"}
+    done = subprocess.run([*CLI, "dispatcher"], capture_output=True, text=True, env=env,
+                          timeout=120)
+    assert done.returncode == 2
+    assert "set CLIPGAN_ML_TRANSPORT to ray or http" in done.stderr
+    http_without_url = subprocess.run([*CLI, "dispatcher"], capture_output=True, text=True,
+                                      env={**env, "CLIPGAN_ML_TRANSPORT": "http"}, timeout=120)
+    assert http_without_url.returncode == 2
+    assert "needs CLIPGAN_ML_URL and CLIPGAN_ML_SECRET" in http_without_url.stderr
