@@ -81,3 +81,32 @@ def test_serve_makes_pictures_and_keeps_them_across_restarts(tmp_path: Path) -> 
         assert httpx.get(base + again["image_url"]).content == picture
     finally:
         _stop(proc)
+
+
+def test_client_commands_and_the_example_bot(tmp_path: Path) -> None:
+    port = _free_port()
+    base = f"http://127.0.0.1:{port}"
+    proc = _start(tmp_path, port)
+    try:
+        httpx.post(f"{base}/v1/users", json={"username": "bot", "email": "bot@x.io",
+                                             "password": "password123"}).raise_for_status()
+        env = {**os.environ, "CLIPGAN_URL": base, "CLIPGAN_USERNAME": "bot",
+               "CLIPGAN_PASSWORD": "password123", "BOT_OUTPUT": str(tmp_path / "bot")}
+        out = tmp_path / "girl.png"
+        done = subprocess.run([sys.executable, "-m", "clipgan.cli", "client", "generate",
+                               "blue hair", "--steps", "3", "--seed", "5", "-o", str(out)],
+                              capture_output=True, text=True, env=env, timeout=180)
+        assert done.returncode == 0, done.stderr
+        assert "seed 5" in done.stderr and out.read_bytes().startswith(b"\x89PNG")
+        bad = subprocess.run([sys.executable, "-m", "clipgan.cli", "client", "generate", "x",
+                              "--steps", "0"], capture_output=True, text=True, env=env,
+                             timeout=60)
+        assert bad.returncode == 2 and "422" in bad.stderr and "Traceback" not in bad.stderr
+        bot = subprocess.run([sys.executable, "examples/chat_bot.py"], input=(
+            "!anime cat ears\n!sample Asuka\n"), capture_output=True, text=True, env=env,
+            timeout=180, cwd=Path(__file__).resolve().parents[2])
+        assert bot.returncode == 0, bot.stderr
+        lines = bot.stdout.strip().splitlines()
+        assert lines[0].startswith("'cat ears' (seed ") and lines[1].startswith("here is Asuka")
+    finally:
+        _stop(proc)
