@@ -19,8 +19,12 @@ err = Console(stderr=True)
 @app.callback()
 def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
          ) -> None:
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    import os
+
+    from web_backend.logs import configure_logging
+
+    configure_logging(json_format=os.environ.get("CLIPGAN_LOG_FORMAT", "text") == "json",
+                      level=logging.DEBUG if verbose else logging.INFO)
     if not verbose:
         logging.getLogger("alembic").setLevel(logging.WARNING)
 

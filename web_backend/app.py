@@ -14,6 +14,8 @@ from web_backend import migrate
 from web_backend.db import make_engine, make_session_factory
 from web_backend.dispatcher import Dispatcher
 from web_backend.errors import install_error_handlers
+from web_backend.logs import RequestIdMiddleware
+from web_backend.metrics import Metrics
 from web_backend.middleware import ConcurrencyLimit
 from web_backend.ml_client import MLClient, NoMLClient, ml_client_from_settings
 from web_backend.ratelimit import RateLimiter
@@ -27,8 +29,10 @@ log = logging.getLogger(__name__)
 
 def build_services(settings: WebSettings, ml_client: MLClient | None = None) -> Services:
     engine = make_engine(settings.resolved_database_url)
+    session_factory = make_session_factory(engine)
     return Services(
-        settings=settings, engine=engine, session_factory=make_session_factory(engine),
+        settings=settings, engine=engine, session_factory=session_factory,
+        metrics=Metrics(session_factory),
         write_session_factory=make_session_factory(engine, writes=True),
         signing_key=settings.signing_key(), limiter=RateLimiter(settings.redis_url),
         storage=LocalBlobStore(settings.data_dir / "blobs"),
@@ -91,6 +95,7 @@ def create_app(settings: WebSettings | None = None, *, ml_client: MLClient | Non
     # below the 40 threadpool threads and the 50 pooled connections (see middleware.py)
     app.add_middleware(ConcurrencyLimit, limit=settings.max_concurrent_requests,
                        exempt_suffixes=("/events", "/healthz"))
+    app.add_middleware(RequestIdMiddleware)  # outermost: ids even on refused requests
     return app
 
 

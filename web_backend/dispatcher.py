@@ -299,6 +299,12 @@ class Dispatcher:
 
     async def _settle(self, claim: Claim, outcome: Result | Failure) -> None:
         store = self.store
+        metrics = self.services.metrics
+        status = "succeeded" if isinstance(outcome, Result) else outcome.code
+        if isinstance(outcome, Result):
+            metrics.job_seconds.labels(status=status).observe(
+                outcome.timings.get("total_s", 0.0))
+            metrics.search_steps.inc(outcome.steps)
         if isinstance(outcome, Result):
             key = await asyncio.to_thread(self.services.storage.put, outcome.png)
             await asyncio.to_thread(

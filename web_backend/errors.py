@@ -31,7 +31,10 @@ def install_error_handlers(app: FastAPI) -> None:
         return JSONResponse({"detail": validation_detail(exc)}, status_code=422)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 429:
+            request.app.state.services.metrics.rate_limited.labels(
+                limit=request.url.path).inc()
         return JSONResponse({"detail": exc.detail}, status_code=exc.status_code,
                             headers=getattr(exc, "headers", None))
 

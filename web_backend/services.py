@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from web_backend.metrics import Metrics
 from web_backend.ml_client import MLClient
 from web_backend.ratelimit import RateLimiter
 from web_backend.settings import WebSettings
@@ -24,5 +25,6 @@ class Services:
     limiter: RateLimiter
     storage: BlobStore
     ml: MLClient
+    metrics: Metrics
     sample_cache: OrderedDict[tuple[str, int, float | None], bytes] = field(
         default_factory=OrderedDict)  # (model, seed, psi) -> PNG; small LRU per process

@@ -166,3 +166,18 @@ def test_fencing_after_a_lease_is_taken_over(app: FastAPI, client: TestClient) -
         job = session.get(Job, job_id)
         assert job.status == "failed" and "stopped answering 2 times" in job.error
         assert job.result_key is None
+
+
+def test_metrics_report_queue_jobs_and_durations(live) -> None:
+    _, client = live
+    alice = Account(client, "alice")
+    done = alice.post("/v1/jobs", json={"prompt": "smile", "steps": 3}).json()
+    wait_for(alice, done["id"], lambda j: j["status"] == "succeeded")
+    text = client.get("/metrics").text
+    assert 'clipgan_jobs{status="succeeded"} 1.0' in text
+    assert "clipgan_queue_depth 0.0" in text
+    assert 'clipgan_job_duration_seconds_count{status="succeeded"} 1.0' in text
+    assert "clipgan_search_steps_total 3.0" in text
+    for _ in range(10):
+        client.post("/v1/auth/token", data={"username": "alice", "password": "wrong"})
+    assert 'clipgan_rate_limited_total{limit="/v1/auth/token"}' in client.get("/metrics").text

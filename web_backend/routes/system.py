@@ -6,7 +6,8 @@ from typing import Any
 
 from fastapi import APIRouter, HTTPException
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 
 from web_backend.deps import ServicesDep
@@ -59,3 +60,9 @@ async def models(services: ServicesDep) -> dict[str, Any]:
                                  "jobs are still accepted and wait in the queue",
                             headers={"Retry-After": "30"}) from None
     return {"models": info.get("models", {}), "upscaler": info.get("upscaler")}
+
+
+@router.get("/metrics", response_class=Response, include_in_schema=False)
+def metrics(services: ServicesDep) -> Response:
+    """Prometheus text format: queue depth, jobs by status, durations, limit refusals."""
+    return Response(generate_latest(services.metrics.registry), media_type=CONTENT_TYPE_LATEST)
