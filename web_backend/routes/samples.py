@@ -19,7 +19,8 @@ router = APIRouter(tags=["samples"])
 
 
 @router.get("/v1/sample.png", response_class=Response,
-            responses={200: {"content": {"image/png": {}}}})
+            responses={200: {"content": {"image/png": {}}},
+                       503: {"description": "the image service is not reachable right now"}})
 async def sample_png(
     request: Request, services: ServicesDep,
     seed: Annotated[str | None, Query(min_length=1, max_length=64, description=(
