@@ -8,6 +8,9 @@ PYTHON     ?= python3
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 PY         := $(VENV)/bin/python
 STAMP      := $(VENV)/.clipgan-installed
+# The browser test drives Debian's chromium (Playwright downloads no browser here).
+# Elsewhere point CHROMIUM at any Chromium/Chrome binary.
+CHROMIUM   ?= /usr/bin/chromium
 
 .PHONY: install run test lint bench clean
 
@@ -20,12 +23,16 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+$(CHROMIUM):
+	@echo "installing Debian's chromium for the browser test (apt, as root)"
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
+
 run: $(STAMP)
 	$(VENV)/bin/clipgan serve
 
-test: $(STAMP)
+test: $(STAMP) $(CHROMIUM)
 	$(VENV)/bin/ruff check .
-	$(PY) -m pytest
+	CHROMIUM=$(CHROMIUM) $(PY) -m pytest
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

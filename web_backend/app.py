@@ -6,9 +6,12 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import FileResponse
+from fastapi.staticfiles import StaticFiles
 
 from web_backend import migrate
 from web_backend.db import make_engine, make_session_factory
@@ -25,6 +28,7 @@ from web_backend.settings import WebSettings
 from web_backend.storage import LocalBlobStore
 
 log = logging.getLogger(__name__)
+STATIC_DIR = Path(__file__).parent / "static"
 
 
 def build_services(settings: WebSettings, ml_client: MLClient | None = None) -> Services:
@@ -92,6 +96,13 @@ def create_app(settings: WebSettings | None = None, *, ml_client: MLClient | Non
                            allow_headers=["Authorization", "Content-Type", "Idempotency-Key"])
     for module in (system, auth, users, jobs, samples, admin):
         app.include_router(module.router)
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+
+    @app.get("/", include_in_schema=False)
+    def page() -> FileResponse:
+        """The web page: static files, no build step, nothing loaded from elsewhere."""
+        return FileResponse(STATIC_DIR / "index.html")
+
     # below the 40 threadpool threads and the 50 pooled connections (see middleware.py)
     app.add_middleware(ConcurrencyLimit, limit=settings.max_concurrent_requests,
                        exempt_suffixes=("/events", "/healthz"))

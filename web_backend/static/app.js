@@ -1,0 +1,178 @@
+// clipgan web page: plain JavaScript, no build step, nothing loaded from elsewhere.
+"use strict";
+
+const $ = (sel) => document.querySelector(sel);
+const store = {
+  get access() { return localStorage.getItem("clipgan.access"); },
+  get refresh() { return localStorage.getItem("clipgan.refresh"); },
+  save(tokens) {
+    localStorage.setItem("clipgan.access", tokens.access_token);
+    localStorage.setItem("clipgan.refresh", tokens.refresh_token);
+  },
+  clear() { localStorage.removeItem("clipgan.access"); localStorage.removeItem("clipgan.refresh"); },
+};
+const streams = new Map();
+const TERMINAL = new Set(["succeeded", "failed", "cancelled"]);
+
+function say(text) {
+  const box = $("#message");
+  box.textContent = text || "";
+  box.hidden = !text;
+}
+
+function describe(detail) {
+  if (Array.isArray(detail)) return detail.map((e) => `${e.loc.join(".")}: ${e.msg}`).join("; ");
+  return String(detail);
+}
+
+async function api(path, options = {}, retry = true) {
+  const headers = Object.assign({}, options.headers || {});
+  if (store.access) headers.Authorization = `Bearer ${store.access}`;
+  const response = await fetch(path, Object.assign({}, options, { headers }));
+  if (response.status === 401 && retry && store.refresh) {
+    const refreshed = await fetch("/v1/auth/refresh", {
+      method: "POST", headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ refresh_token: store.refresh }),
+    });
+    if (refreshed.ok) { store.save(await refreshed.json()); return api(path, options, false); }
+    store.clear(); show();
+  }
+  if (!response.ok) {
+    let detail = response.statusText;
+    try { detail = describe((await response.json()).detail); } catch (e) { /* not JSON */ }
+    throw new Error(detail);
+  }
+  return response.status === 204 ? null : response.json();
+}
+
+async function signIn(username, password) {
+  const body = new URLSearchParams({ username, password });
+  const response = await fetch("/v1/auth/token", { method: "POST", body });
+  const data = await response.json();
+  if (!response.ok) throw new Error(describe(data.detail));
+  store.save(data);
+}
+
+function card(job) {
+  let node = document.getElementById(`job-${job.id}`);
+  if (!node) {
+    node = $("#job-card").content.firstElementChild.cloneNode(true);
+    node.id = `job-${job.id}`;
+    node.querySelector(".cancel").onclick = () => api(`/v1/jobs/${job.id}`, { method: "DELETE" }).catch((e) => say(e.message));
+    node.querySelector(".rerun").onclick = () => submit(node.dataset.request).catch((e) => say(e.message));
+    $("#jobs").prepend(node);
+  }
+  node.dataset.request = JSON.stringify(job.request);
+  node.dataset.status = job.status;
+  node.querySelector(".prompt").textContent = job.request.prompt || `random character (seed ${job.request.seed ?? "random"})`;
+  const bar = node.querySelector("progress");
+  bar.max = Math.max(job.progress.total, 1);
+  bar.value = job.status === "succeeded" ? bar.max : job.progress.step;
+  let status = job.status;
+  if (job.status === "queued" && job.queue_position) status += ` · #${job.queue_position} in line`;
+  if (job.eta_s && !TERMINAL.has(job.status)) status += ` · about ${Math.ceil(job.eta_s)} s`;
+  if (job.progress.score !== null && job.status === "running") status += ` · score ${job.progress.score.toFixed(3)}`;
+  if (job.error && job.status !== "succeeded") status += ` · ${job.error}`;
+  node.querySelector(".status").textContent = status;
+  const img = node.querySelector("img");
+  const src = job.image_url || job.preview_url;
+  if (src && img.dataset.src !== src.split("?")[0]) { img.src = src; img.dataset.src = src.split("?")[0]; img.hidden = false; }
+  img.classList.toggle("result", Boolean(job.image_url));
+  const download = node.querySelector(".download");
+  download.hidden = !job.image_url;
+  if (job.image_url) { download.href = job.image_url; download.download = `clipgan-${job.id}.png`; }
+  node.querySelector(".cancel").hidden = TERMINAL.has(job.status);
+  node.querySelector(".rerun").hidden = !TERMINAL.has(job.status);
+  return node;
+}
+
+function follow(job) {
+  card(job);
+  if (TERMINAL.has(job.status) || streams.has(job.id)) return;
+  const source = new EventSource(job.events_url);
+  streams.set(job.id, source);
+  for (const name of ["status", "progress", "preview", "done"]) {
+    source.addEventListener(name, (event) => {
+      const data = JSON.parse(event.data);
+      if (data.id) card(data);
+      if (name === "done") { source.close(); streams.delete(job.id); }
+    });
+  }
+  source.onerror = () => { source.close(); streams.delete(job.id); setTimeout(() => refreshJob(job.id), 2000); };
+}
+
+async function refreshJob(id) {
+  try { follow(await api(`/v1/jobs/${id}`)); } catch (e) { say(e.message); }
+}
+
+async function submit(requestJson, file) {
+  say("");
+  let options;
+  if (file) {
+    const form = new FormData();
+    form.append("request", requestJson);
+    form.append("image_prompt", file);
+    options = { method: "POST", body: form };
+  } else {
+    options = { method: "POST", body: requestJson, headers: { "Content-Type": "application/json" } };
+  }
+  options.headers = Object.assign(options.headers || {}, { "Idempotency-Key": crypto.randomUUID() });
+  follow(await api("/v1/jobs", options));
+}
+
+async function show() {
+  const signedIn = Boolean(store.access);
+  $("#auth").hidden = signedIn;
+  $("#studio").hidden = !signedIn;
+  $("#logout").hidden = !signedIn;
+  $("#who").hidden = !signedIn;
+  if (!signedIn) return;
+  try {
+    const me = await api("/v1/users/me");
+    $("#who").textContent = me.username;
+    const page = await api("/v1/jobs?limit=24");
+    $("#jobs").textContent = "";
+    page.items.reverse().forEach(follow);
+  } catch (e) { say(e.message); }
+  try {
+    const models = (await api("/v1/models")).models;
+    const select = $("select[name=model]");
+    select.textContent = "";
+    for (const [name, info] of Object.entries(models)) {
+      select.append(new Option(`${name} (${info.resolution}px)`, name));
+      if (info.demo_weights) $("#demo").hidden = false;
+    }
+  } catch (e) { say(`models unavailable: ${e.message} (jobs still queue)`); }
+}
+
+$("#show-register").onclick = () => { $("#login-form").hidden = true; $("#register-form").hidden = false; };
+$("#show-login").onclick = () => { $("#login-form").hidden = false; $("#register-form").hidden = true; };
+$("#login-form").onsubmit = async (event) => {
+  event.preventDefault();
+  const f = event.target;
+  try { await signIn(f.username.value, f.password.value); say(""); show(); } catch (e) { say(e.message); }
+};
+$("#register-form").onsubmit = async (event) => {
+  event.preventDefault();
+  const f = event.target;
+  try {
+    await api("/v1/users", { method: "POST", headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ username: f.username.value, email: f.email.value, password: f.password.value }) });
+    await signIn(f.username.value, f.password.value);
+    say(""); show();
+  } catch (e) { say(e.message); }
+};
+$("#logout").onclick = async () => {
+  try { await api("/v1/auth/logout", { method: "POST" }); } catch (e) { /* already gone */ }
+  store.clear(); streams.forEach((s) => s.close()); streams.clear(); show();
+};
+$("input[name=psi]").oninput = (event) => { $("#psi-value").textContent = Number(event.target.value).toFixed(2); };
+$("#generate-form").onsubmit = async (event) => {
+  event.preventDefault();
+  const f = event.target;
+  const request = { prompt: f.prompt.value, steps: Number(f.steps.value), psi: Number(f.psi.value), model: f.model.value || "default" };
+  if (f.negative_prompt.value) request.negative_prompt = f.negative_prompt.value;
+  if (f.seed.value) request.seed = f.seed.value;
+  try { await submit(JSON.stringify(request), f.image_prompt.files[0]); } catch (e) { say(e.message); }
+};
+show();
