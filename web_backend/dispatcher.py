@@ -299,18 +299,16 @@ class Dispatcher:
 
     async def _settle(self, claim: Claim, outcome: Result | Failure) -> None:
         store = self.store
-        metrics = self.services.metrics
-        status = "succeeded" if isinstance(outcome, Result) else outcome.code
-        if isinstance(outcome, Result):
-            metrics.job_seconds.labels(status=status).observe(
-                outcome.timings.get("total_s", 0.0))
-            metrics.search_steps.inc(outcome.steps)
         if isinstance(outcome, Result):
             key = await asyncio.to_thread(self.services.storage.put, outcome.png)
             await asyncio.to_thread(
                 store.finish, claim, "succeeded", result_key=key, seed=outcome.seed,
                 score=outcome.score, timings=outcome.timings, error=None,
                 progress_step=outcome.steps, progress_total=outcome.steps)
+            metrics = self.services.metrics
+            metrics.job_seconds.labels(status="succeeded").observe(
+                outcome.timings.get("total_s", 0.0))
+            metrics.search_steps.inc(outcome.steps)
         elif outcome.code == "cancelled":
             await asyncio.to_thread(store.finish, claim, "cancelled", error=outcome.message)
         elif outcome.code == "invalid_request":

@@ -121,8 +121,12 @@ def _link(services: Services, job: Job, kind: str, path: str) -> str:
     return f"/v1/jobs/{job.id}/{path}?exp={expires}&sig={sig}"
 
 
-def job_out(session: Session, services: Services, job: Job) -> JobOut:
+def job_out(session: Session, services: Services, job: Job, *,
+            average_s: float | None = None) -> JobOut:
+    """``average_s``: the ETA unit, when the caller already has it (one query per page)."""
     position = eta = None
+    if job.status in ("queued", "running") and average_s is None:
+        average_s = average_job_seconds(session, services)
     if job.status == "queued":
         ahead = session.scalar(select(func.count()).select_from(Job).where(
             Job.status == "queued", or_(Job.created_at < job.created_at,
@@ -130,10 +134,10 @@ def job_out(session: Session, services: Services, job: Job) -> JobOut:
                                              Job.id < job.id)))) or 0
         position = ahead + 1
         slots = services.settings.ml_slots
-        eta = average_job_seconds(session, services) * (1 + ahead // slots)
+        eta = average_s * (1 + ahead // slots)
     elif job.status == "running":
         done = job.progress_step / job.progress_total if job.progress_total else 0.0
-        eta = average_job_seconds(session, services) * (1 - done)
+        eta = average_s * (1 - done)
     return JobOut(
         id=job.id, status=job.status, created_at=job.created_at, started_at=job.started_at,
         finished_at=job.finished_at, request=job.request,
@@ -175,7 +179,9 @@ def list_jobs(session: Session, services: Services, user: User, *, status: str |
                                 .limit(limit + 1)))
     more = len(jobs) > limit
     jobs = jobs[:limit]
-    return JobPage(items=[job_out(session, services, j) for j in jobs],
+    average_s = (average_job_seconds(session, services)
+                 if any(j.status in ("queued", "running") for j in jobs) else None)
+    return JobPage(items=[job_out(session, services, j, average_s=average_s) for j in jobs],
                    next_cursor=_encode_cursor(jobs[-1]) if more and jobs else None)
 
 

@@ -129,8 +129,9 @@ def test_kill_9_mid_job_then_restart_completes_it(pg_url: str, tmp_path: Path) -
 
 def test_fifty_jobs_across_two_web_processes_run_exactly_once(pg_url: str,
                                                               tmp_path: Path) -> None:
-    servers = [Server(pg_url, tmp_path / "a"), Server(pg_url, tmp_path / "b")] \
-        if (tmp_path / "a").mkdir() is None and (tmp_path / "b").mkdir() is None else []
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+    servers = [Server(pg_url, tmp_path / "a"), Server(pg_url, tmp_path / "b")]
     try:
         submitted = []
         for user in range(10):
