@@ -1,6 +1,7 @@
 """End-to-end overhead of the service around the ML work.
 
-Starts `clipgan serve` (API + dispatcher + in-process generator, demo weights, SQLite),
+Starts `clipgan serve` (API + dispatcher + generator, demo weights, SQLite) once with
+the private local Ray that `make run` uses and once with the in-process generator,
 submits jobs over HTTP and reads their timestamps back. For every job:
 
   overhead = (finished_at - created_at) - ML total time (as the ML side measured it)
@@ -9,7 +10,7 @@ submits jobs over HTTP and reads their timestamps back. For every job:
 and prints p50 / p99 for 1 job at a time and for 20 concurrent jobs (with 20 slots,
 so no job waits for capacity and the figure is dispatch + transport + storage).
 
-  python bench/e2e.py [--jobs 20] [--steps 10]
+  python bench/e2e.py [--jobs 20] [--steps 10] [--generator ray|in-process|both]
 """
 
 from __future__ import annotations
@@ -73,45 +74,59 @@ def report(label: str, jobs: list[dict]) -> None:
           f"{statistics.median(claim) * 1000:5.0f} ms", flush=True)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--jobs", type=int, default=20)
-    parser.add_argument("--steps", type=int, default=10)
-    args = parser.parse_args()
+def bench_one(generator: str, jobs: int, steps: int) -> None:
+    """Start ``clipgan serve --generator GENERATOR`` on a fresh data dir and measure it."""
     port, data = free_port(), tempfile.mkdtemp(prefix="clipgan-e2e-")
     env = {k: v for k, v in os.environ.items() if not k.startswith("CLIPGAN_")}
-    slots = str(max(args.jobs, 1))
+    slots = str(max(jobs, 1))
     env.update(CLIPGAN_DATA_DIR=data, CLIPGAN_ENV="dev", CLIPGAN_ML_SLOTS=slots,
                CLIPGAN_BATCH_SLOTS=slots, CLIPGAN_MAX_ACTIVE_JOBS="1000",
                CLIPGAN_SUBMISSIONS_PER_MINUTE="1000", RAY_USAGE_STATS_ENABLED="0")
     log = open(os.path.join(data, "server.log"), "w")  # noqa: SIM115 (lives with the server)
-    proc = subprocess.Popen([sys.executable, "-m", "clipgan.cli", "serve", "--port", str(port)],
-                            env=env, stdout=log, stderr=subprocess.STDOUT)
+    started = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-m", "clipgan.cli", "serve", "--port", str(port),
+                             "--generator", generator], env=env, stdout=log,
+                            stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     try:
-        for _ in range(600):
+        for _ in range(1200):
             try:
                 if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
                     break
             except httpx.HTTPError:
-                time.sleep(0.2)
+                pass
+            time.sleep(0.2)
+        ready_s = time.perf_counter() - started
         httpx.post(f"{base}/v1/users", json={"username": "bench", "email": "b@x.io",
                                              "password": "bench-password"}).raise_for_status()
         token = httpx.post(f"{base}/v1/auth/token", data={"username": "bench",
                                                           "password": "bench-password"}).json()
         auth = {"Authorization": f"Bearer {token['access_token']}"}
-        print(f"clipgan serve, SQLite, demo weights, {args.steps} steps/job, "
-              f"{os.cpu_count()} cores")
+        print(f"\n--generator {generator}: ready {ready_s:.1f} s after start "
+              "(process start to /readyz 200)", flush=True)
         run_round(base, auth, 1, 2)  # warm-up
         sequential = []
         for _ in range(10):
-            sequential += run_round(base, auth, 1, args.steps)
+            sequential += run_round(base, auth, 1, steps)
         report("1 job at a time (x10)", sequential)
-        report(f"{args.jobs} concurrent jobs", run_round(base, auth, args.jobs, args.steps))
+        report(f"{jobs} concurrent jobs", run_round(base, auth, jobs, steps))
     finally:
         proc.send_signal(signal.SIGINT)
-        proc.wait(timeout=60)
+        proc.wait(timeout=90)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--jobs", type=int, default=20)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--generator", choices=("ray", "in-process", "both"), default="both")
+    args = parser.parse_args()
+    print(f"clipgan serve, SQLite, demo weights, {args.steps} steps/job, "
+          f"{os.cpu_count()} cores")
+    modes = ("ray", "in-process") if args.generator == "both" else (args.generator,)
+    for generator in modes:
+        bench_one(generator, args.jobs, args.steps)
 
 
 if __name__ == "__main__":

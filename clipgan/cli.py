@@ -276,32 +276,42 @@ def web(
 def serve(
     host: Annotated[str, Opt(help="Address to bind.")] = "127.0.0.1",
     port: Annotated[int, Opt(help="Port.")] = 8000,
+    generator: Annotated[str, Opt(
+        envvar="CLIPGAN_SERVE_GENERATOR",
+        help="'ray': a private local Ray cluster runs the Serve app (as in production); "
+             "'in-process': Serve's local testing mode, faster to start.")] = "ray",
 ) -> None:
-    """Everything on this machine in one process: the generator (in-process Serve app),
-    the API and the dispatcher, on SQLite and local files. Dev mode unless CLIPGAN_ENV
-    says otherwise. Ctrl-C stops it; the next start finds the same users and jobs."""
+    """Everything on this machine in one process tree: the generator (Serve app on a
+    private local Ray), the API and the dispatcher, on SQLite and local files. Dev mode
+    unless CLIPGAN_ENV says otherwise. Ctrl-C stops it all; the next start finds the
+    same users and jobs."""
     import os
 
     import uvicorn
-    from ray import serve as ray_serve
 
-    from ml_backend.serve import build_app
+    from ml_backend.local_cluster import GeneratorMode, local_generator
     from ml_backend.settings import MLSettings
     from web_backend.app import create_app
     from web_backend.ml_client import HandleMLClient
 
+    try:
+        mode = GeneratorMode(generator)
+    except ValueError:
+        _fail(f"--generator must be 'ray' or 'in-process', not {generator!r}")
+        return
     os.environ.setdefault("CLIPGAN_ENV", "dev")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     web_settings = _web_settings()
     ml_settings = MLSettings()
-    err.print("loading models (demo weights unless configured)...")
-    handle = ray_serve.run(build_app(ml_settings), name="clipgan", _local_testing_mode=True)
-    api = create_app(web_settings, ml_client=HandleMLClient(handle))
-    err.print(f"\nclipgan is running at http://{host}:{port}  (API docs: /docs)\n"
-              "create an account:  .venv/bin/clipgan users create NAME EMAIL [--admin]\n"
-              "or POST /v1/users; data lives in "
-              f"{web_settings.data_dir.resolve()}; Ctrl-C stops\n", soft_wrap=True)
-    uvicorn.run(api, host=host, port=port, log_level="info")
+    err.print(f"starting the generator ({mode.value}; demo weights unless configured)...")
+    with local_generator(ml_settings, mode) as handle:
+        api = create_app(web_settings, ml_client=HandleMLClient(handle))
+        err.print(f"\nclipgan is running at http://{host}:{port}  (API docs: /docs)\n"
+                  "create an account:  .venv/bin/clipgan users create NAME EMAIL [--admin]\n"
+                  "or POST /v1/users; data lives in "
+                  f"{web_settings.data_dir.resolve()}; Ctrl-C stops\n", soft_wrap=True)
+        uvicorn.run(api, host=host, port=port, log_level="info", access_log=False)
+    err.print("stopped")
 
 
 @app.command()

@@ -3,7 +3,7 @@
 Two topologies:
 
 * **Handle only** (default): no HTTP route at all. The web backend runs on the same
-  Ray cluster (on the head node, or in-process for the local run) and calls
+  Ray cluster (on the head node, or the private local Ray of `clipgan serve`) and calls
   :class:`GeneratorDeployment` through a ``DeploymentHandle``; start Serve with the
   HTTP proxy disabled (``proxy_location: Disabled``).
 * **Private HTTP ingress** (``ingress_enabled``): for a web backend on another

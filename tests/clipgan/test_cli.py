@@ -77,6 +77,13 @@ def test_generate_bad_input_says_what_to_fix(tmp_path: Path) -> None:
     assert "Traceback" not in too_long.stderr + bad_psi.stderr + no_model.stderr
 
 
+def test_serve_refuses_an_unknown_generator_mode(tmp_path: Path) -> None:
+    done = _run("serve", "--generator", "gpu-farm", data_dir=tmp_path)
+    assert done.returncode == 2
+    assert "--generator must be 'ray' or 'in-process', not 'gpu-farm'" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
 def test_users_create_and_db_commands(tmp_path: Path) -> None:
     env_dev = {"CLIPGAN_ENV": "dev", "CLIPGAN_NEW_PASSWORD": "a long password"}
 

@@ -20,12 +20,18 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _start(data_dir: Path, port: int) -> subprocess.Popen:
+def _start(data_dir: Path, port: int, generator: str = "in-process") -> subprocess.Popen:
+    """``clipgan serve`` in its own session, as a terminal would run it.
+
+    Tests about the web side use the in-process generator (starts in ~3 s); the
+    tests of what ``make run`` does use the default private local Ray.
+    """
     env = {k: v for k, v in os.environ.items() if not k.startswith("CLIPGAN_")}
     env.update(CLIPGAN_DATA_DIR=str(data_dir), RAY_USAGE_STATS_ENABLED="0")
-    proc = subprocess.Popen([sys.executable, "-m", "clipgan.cli", "serve", "--port", str(port)],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    deadline = time.time() + 120
+    proc = subprocess.Popen([sys.executable, "-m", "clipgan.cli", "serve", "--port", str(port),
+                             "--generator", generator], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    deadline = time.time() + 180
     while time.time() < deadline:
         try:
             if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
@@ -39,46 +45,104 @@ def _start(data_dir: Path, port: int) -> subprocess.Popen:
     raise AssertionError("clipgan serve did not become ready")
 
 
+def _descendants(pid: int) -> set[int]:
+    """Every live process below ``pid`` (read from /proc: no extra dependency)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = set(), [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.add(child)
+            todo.append(child)
+    return found
+
+
+def _alive(pids: set[int]) -> set[int]:
+    """The pids still running (zombies count as gone)."""
+    alive = set()
+    for pid in pids:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if state != "Z":
+            alive.add(pid)
+    return alive
+
+
 def _stop(proc: subprocess.Popen) -> str:
-    proc.send_signal(signal.SIGINT)
-    out, _ = proc.communicate(timeout=60)
+    """Ctrl-C as a terminal sends it: SIGINT to the whole process group."""
+    os.killpg(proc.pid, signal.SIGINT)
+    out, _ = proc.communicate(timeout=90)
     assert proc.returncode == 0, out
+    assert "Traceback" not in out, out
     return out
 
 
-def test_serve_makes_pictures_and_keeps_them_across_restarts(tmp_path: Path) -> None:
+def _sign_in(base: str, username: str) -> dict[str, str]:
+    token = httpx.post(f"{base}/v1/auth/token",
+                       data={"username": username, "password": "password123"}).json()
+    return {"Authorization": f"Bearer {token['access_token']}"}
+
+
+def _wait_done(base: str, job_id: str, auth: dict[str, str], timeout: float = 120) -> dict:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        state = httpx.get(f"{base}/v1/jobs/{job_id}", headers=auth).json()
+        if state["status"] in ("succeeded", "failed", "cancelled"):
+            return state
+        time.sleep(0.25)
+    raise AssertionError(f"job never finished: {state}")
+
+
+def test_make_run_serves_on_local_ray_and_keeps_everything_across_restarts(
+        tmp_path: Path) -> None:
     port = _free_port()
     base = f"http://127.0.0.1:{port}"
-    proc = _start(tmp_path, port)
+    proc = _start(tmp_path, port, generator="ray")
     try:
         httpx.post(f"{base}/v1/users", json={"username": "alice", "email": "a@x.io",
                                              "password": "password123"}).raise_for_status()
-        token = httpx.post(f"{base}/v1/auth/token",
-                           data={"username": "alice", "password": "password123"}).json()
-        auth = {"Authorization": f"Bearer {token['access_token']}"}
+        auth = _sign_in(base, "alice")
         job = httpx.post(f"{base}/v1/jobs", json={"prompt": "smile", "steps": 4, "seed": 1},
                          headers=auth).json()
-        for _ in range(240):
-            state = httpx.get(f"{base}/v1/jobs/{job['id']}", headers=auth).json()
-            if state["status"] in ("succeeded", "failed"):
-                break
-            time.sleep(0.25)
+        state = _wait_done(base, job["id"], auth)
         assert state["status"] == "succeeded", state
         picture = httpx.get(base + state["image_url"]).content
         assert picture.startswith(b"\x89PNG")
         models = httpx.get(f"{base}/v1/models").json()["models"]
         assert models["default"]["demo_weights"] is True
+        long_job = httpx.post(f"{base}/v1/jobs", json={"prompt": "cat", "steps": 400,
+                                                       "seed": 2}, headers=auth).json()
+        for _ in range(400):
+            running = httpx.get(f"{base}/v1/jobs/{long_job['id']}", headers=auth).json()
+            if running["progress"]["step"] >= 2:
+                break
+            time.sleep(0.1)
+        assert running["status"] == "running", running
+        ray_processes = _descendants(proc.pid)
+        assert len(ray_processes) >= 3, "expected a local Ray (gcs, raylet, workers)"
     finally:
-        out = _stop(proc)
+        out = _stop(proc)  # Ctrl-C in the middle of the long job
     assert f"clipgan is running at http://127.0.0.1:{port}" in out
-    proc = _start(tmp_path, port)  # same data dir: same users, same jobs
+    deadline = time.time() + 30
+    while _alive(ray_processes) and time.time() < deadline:
+        time.sleep(0.5)
+    assert not _alive(ray_processes), "Ctrl-C left Ray processes behind"
+
+    proc = _start(tmp_path, port, generator="ray")  # same data dir: same users and jobs
     try:
-        token = httpx.post(f"{base}/v1/auth/token",
-                           data={"username": "alice", "password": "password123"}).json()
-        auth = {"Authorization": f"Bearer {token['access_token']}"}
+        auth = _sign_in(base, "alice")
         again = httpx.get(f"{base}/v1/jobs/{job['id']}", headers=auth).json()
         assert again["status"] == "succeeded"
         assert httpx.get(base + again["image_url"]).content == picture
+        resumed = _wait_done(base, long_job["id"], auth, timeout=240)
+        assert resumed["status"] == "succeeded", resumed  # interrupted, handed back, finished
     finally:
         _stop(proc)
 

@@ -1,6 +1,7 @@
 """Durability with real processes on real PostgreSQL: crashes lose no job, run none twice.
 
-Each test starts `clipgan serve` processes (API + dispatcher + in-process generator)
+Each test starts `clipgan serve --generator in-process` processes (API + dispatcher +
+generator in one process, so kill -9 takes all of it down at once)
 on a fresh PostgreSQL database with a short lease, then breaks something for real.
 """
 
@@ -50,7 +51,7 @@ class Server:
                    RAY_USAGE_STATS_ENABLED="0")
         self.log = (data_dir / f"server-{self.port}.log").open("w")
         self.proc = subprocess.Popen([sys.executable, "-m", "clipgan.cli", "serve", "--port",
-                                      str(self.port)], env=env, stdout=self.log,
+                                      str(self.port), "--generator", "in-process"], env=env, stdout=self.log,
                                      stderr=subprocess.STDOUT)
         deadline = time.time() + 120
         while time.time() < deadline:

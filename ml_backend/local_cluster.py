@@ -1,0 +1,77 @@
+"""The Serve app on this machine, for ``clipgan serve`` / ``make run``.
+
+Two ways to run the same deployment class behind the same handle API:
+
+* ``ray``: a private local Ray cluster (``address="local"``: never joins a cluster
+  that happens to run here), Serve with no HTTP proxy, replicas in their own worker
+  processes exactly as on the GPU cluster. A replica crash is recovered by Serve;
+  the caller sees the typed failure and retries. GPUs Ray finds are used.
+* ``in-process``: Serve's local testing mode, the replica lives in this process.
+  Starts in about a second and adds no processes; for tests and quick hacks.
+
+Both are context managers so that Ctrl-C, an exception or a normal exit all take
+the cluster down: the next start finds no leftover Ray processes.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from enum import StrEnum
+
+from ml_backend.settings import MLSettings
+
+log = logging.getLogger(__name__)
+
+APP_NAME = "clipgan"
+
+
+class GeneratorMode(StrEnum):
+    ray = "ray"
+    in_process = "in-process"
+
+
+def _with_local_gpus(settings: MLSettings, gpus_found: float) -> MLSettings:
+    """Give each replica a GPU when Ray found one and the operator did not choose.
+
+    Ray hides every GPU from an actor that reserved none, so without this a laptop
+    with a GPU would silently run the generator on its CPU.
+    """
+    if "replica_gpus" in settings.model_fields_set or settings.device == "cpu":
+        return settings
+    if gpus_found < 1:
+        return settings
+    return settings.model_copy(update={"replica_gpus": 1.0})
+
+
+@contextmanager
+def local_generator(settings: MLSettings, mode: GeneratorMode,
+                    *, num_cpus: int | None = None) -> Iterator[object]:
+    """Run the Serve app here and yield its ``DeploymentHandle``; tear it all down after."""
+    from ray import serve
+
+    from ml_backend.serve import build_app, start_options
+
+    if mode is GeneratorMode.in_process:
+        handle = serve.run(build_app(settings), name=APP_NAME, _local_testing_mode=True)
+        yield handle
+        return
+
+    import ray
+
+    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False,
+             log_to_driver=False, configure_logging=False)
+    try:
+        settings = _with_local_gpus(settings, ray.cluster_resources().get("GPU", 0.0))
+        log.info("local Ray started; replica logs under /tmp/ray/session_latest/logs")
+        serve.start(**start_options(settings))
+        handle = serve.run(build_app(settings), name=APP_NAME, route_prefix=None)
+        yield handle
+    finally:
+        # ray.shutdown() ends the whole private cluster, Serve's controller and
+        # replicas included; serve.shutdown() first would only add noisy retries
+        # from the handle's long poll. Jobs still running are re-queued by their
+        # lease, so nothing needs a graceful drain here.
+        ray.shutdown()
+
