@@ -6,7 +6,7 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import typer
 from rich.console import Console
@@ -29,7 +29,7 @@ def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug lo
         logging.getLogger("alembic").setLevel(logging.WARNING)
 
 
-def _fail(message: str) -> None:
+def _fail(message: str) -> NoReturn:
     err.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
     raise typer.Exit(code=2)
 
@@ -197,13 +197,24 @@ def _web_settings():
         _fail("; ".join(e["msg"].removeprefix("Value error, ") for e in exc.errors()))
 
 
+def _database_url() -> str:
+    from pydantic import ValidationError
+
+    from web_backend.settings import DatabaseSettings
+
+    try:
+        return DatabaseSettings().resolved_database_url
+    except ValidationError as exc:
+        _fail("; ".join(e["msg"].removeprefix("Value error, ") for e in exc.errors()))
+
+
 @db_app.command("upgrade")
 def db_upgrade(revision: Annotated[str, typer.Argument(help="Target revision.")] = "head",
                ) -> None:
     """Create or update every table (SQLite or PostgreSQL, from CLIPGAN_DATABASE_URL)."""
     from web_backend import migrate
 
-    url = _web_settings().resolved_database_url
+    url = _database_url()
     migrate.upgrade(url, revision)
     err.print(f"database at revision {migrate.current(url)}", soft_wrap=True)
 
@@ -213,7 +224,7 @@ def db_downgrade(revision: Annotated[str, typer.Argument(help="Target revision."
     """Undo migrations down to REVISION ('base' removes every table)."""
     from web_backend import migrate
 
-    url = _web_settings().resolved_database_url
+    url = _database_url()
     migrate.downgrade(url, revision)
     err.print(f"database at revision {migrate.current(url)}", soft_wrap=True)
 
@@ -243,7 +254,7 @@ def users_create(
     except ValidationError as exc:
         _fail("; ".join(f"{e['loc'][0]}: {e['msg']}" for e in exc.errors()))
         return
-    url = _web_settings().resolved_database_url
+    url = _database_url()
     if url.startswith("sqlite"):
         migrate.upgrade(url)
     engine = make_engine(url)

@@ -15,11 +15,14 @@ not depend on its batch mates beyond floating-point summation order.
 
 from __future__ import annotations
 
+import atexit
+import functools
 import itertools
 import logging
 import secrets
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -261,6 +264,12 @@ class LatentSearchEngine:
                 "Software": "clipgan"}
 
 
+def _close_at_exit(scheduler: weakref.ref[BatchScheduler]) -> None:
+    live = scheduler()
+    if live is not None:
+        live.close()
+
+
 class BatchScheduler:
     """Runs searches on one engine in a worker thread, ``slots`` of them per pass.
 
@@ -280,6 +289,12 @@ class BatchScheduler:
         self._thread = threading.Thread(target=self._run, name=f"search-{engine.model_name}",
                                         daemon=True)
         self._thread.start()
+        # A daemon thread frozen mid-step while the interpreter finalises makes torch
+        # abort the process ("terminate called without an active exception"), so a
+        # server stopped during a search would exit with SIGABRT. Stop it first; the
+        # weak reference keeps this hook from holding the models alive.
+        self._exit_hook = functools.partial(_close_at_exit, weakref.ref(self))
+        atexit.register(self._exit_hook)
 
     @property
     def alive(self) -> bool:
@@ -307,6 +322,7 @@ class BatchScheduler:
         return handle
 
     def close(self, timeout: float | None = 10.0) -> None:
+        atexit.unregister(self._exit_hook)
         with self._cond:
             self._closed = True
             self._cond.notify_all()

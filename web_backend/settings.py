@@ -22,15 +22,25 @@ class InsecureSettingsError(ValueError):
     pass
 
 
-class WebSettings(BaseSettings):
+class DatabaseSettings(BaseSettings):
+    """Just where the data lives: enough for ``clipgan db`` and ``clipgan users``, which
+    sign nothing and so must work without the secret key (next to a running server)."""
+
     model_config = SettingsConfigDict(env_prefix="CLIPGAN_", env_file=".env", extra="ignore")
 
-    env: Literal["dev", "prod"] = Field("prod", description="'dev' allows a generated key.")
-    secret_key: SecretStr | None = Field(None, description=(
-        f"Signs tokens and image links; >= {MIN_SECRET_LENGTH} characters outside dev."))
     data_dir: Path = Field(Path("data"), description="SQLite file, results, dev key.")
     database_url: str | None = Field(None, description=(
         "SQLAlchemy URL, e.g. postgresql+psycopg://user@host/db; default SQLite in data_dir."))
+
+    @property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{(self.data_dir / 'clipgan.db').resolve()}"
+
+
+class WebSettings(DatabaseSettings):
+    env: Literal["dev", "prod"] = Field("prod", description="'dev' allows a generated key.")
+    secret_key: SecretStr | None = Field(None, description=(
+        f"Signs tokens and image links; >= {MIN_SECRET_LENGTH} characters outside dev."))
     redis_url: str | None = Field(None, description=(
         "Redis for rate limits shared by every worker; default: in-process memory."))
     cors_origins: list[str] = Field(default_factory=list, description=(
@@ -83,10 +93,6 @@ class WebSettings(BaseSettings):
             raise InsecureSettingsError("CLIPGAN_ML_TRANSPORT=http needs CLIPGAN_ML_URL and "
                                         "CLIPGAN_ML_SECRET")
         return self
-
-    @property
-    def resolved_database_url(self) -> str:
-        return self.database_url or f"sqlite:///{(self.data_dir / 'clipgan.db').resolve()}"
 
     def dispatch_policy(self):
         from web_backend.dispatcher import DispatchPolicy

@@ -85,7 +85,9 @@ def test_serve_refuses_an_unknown_generator_mode(tmp_path: Path) -> None:
 
 
 def test_users_create_and_db_commands(tmp_path: Path) -> None:
-    env_dev = {"CLIPGAN_ENV": "dev", "CLIPGAN_NEW_PASSWORD": "a long password"}
+    # these only touch the database: no secret key needed, whatever CLIPGAN_ENV says,
+    # so the line `clipgan serve` prints works in a second terminal as written
+    env_dev = {"CLIPGAN_ENV": "prod", "CLIPGAN_NEW_PASSWORD": "a long password"}
 
     def run(*args: str, **env: str) -> subprocess.CompletedProcess:
         full = {**os.environ, "CLIPGAN_DATA_DIR": str(tmp_path), **env}
@@ -99,12 +101,12 @@ def test_users_create_and_db_commands(tmp_path: Path) -> None:
     weak = run("users", "create", "eve", "eve@x.io", CLIPGAN_ENV="dev",
                CLIPGAN_NEW_PASSWORD="short")
     assert weak.returncode == 2 and "password: String should have at least 8" in weak.stderr
-    no_secret = run("db", "upgrade", CLIPGAN_ENV="prod")
-    assert no_secret.returncode == 2 and "CLIPGAN_SECRET_KEY is not set" in no_secret.stderr
-    down = run("db", "downgrade", "base", CLIPGAN_ENV="dev")
+    down = run("db", "downgrade", "base", CLIPGAN_ENV="prod")
     assert down.returncode == 0 and "revision None" in down.stderr
-    up = run("db", "upgrade", CLIPGAN_ENV="dev")
+    up = run("db", "upgrade", CLIPGAN_ENV="prod")
     assert up.returncode == 0 and "revision 0002" in up.stderr
+    no_secret = run("web", "--port", "1", CLIPGAN_ENV="prod")  # what signs tokens refuses
+    assert no_secret.returncode == 2 and "CLIPGAN_SECRET_KEY is not set" in no_secret.stderr
 
 
 def test_dispatcher_without_an_ml_side_says_how_to_configure_one(tmp_path: Path) -> None:

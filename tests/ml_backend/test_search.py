@@ -1,6 +1,8 @@
 """The latent search on demo models (CPU): it improves, repeats, batches, cancels, steers."""
 
 import io
+import subprocess
+import sys
 import threading
 
 import numpy as np
@@ -149,3 +151,25 @@ def test_previews_arrive_every_k_steps(pipeline: Pipeline) -> None:
     with_preview = [p.step for p in seen if p.preview_png is not None]
     assert with_preview == [4, 8]
     assert pixels(seen[3].preview_png).shape == (64, 64, 3)
+
+
+EXIT_MID_SEARCH = """
+import sys, threading
+from ml_backend.pipeline import Pipeline
+from ml_backend.protocol import GenerationRequest
+from ml_backend.settings import MLSettings
+
+pipeline = Pipeline.from_settings(MLSettings(data_dir=sys.argv[1], device="cpu"))
+stepping = threading.Event()
+pipeline.submit(GenerationRequest(prompt="cat", steps=500, cutouts=4),
+                on_progress=lambda p: stepping.set())
+stepping.wait(120)
+sys.exit(0)  # no close(): as when a server is stopped in the middle of a search
+"""
+
+
+def test_a_process_ending_mid_search_exits_cleanly(demo_data_dir) -> None:
+    done = subprocess.run([sys.executable, "-c", EXIT_MID_SEARCH, str(demo_data_dir)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "terminate called" not in done.stderr
