@@ -316,6 +316,12 @@ def serve(
     ml_settings = MLSettings()
     err.print(f"starting the generator ({mode.value}; demo weights unless configured)...")
     with local_generator(ml_settings, mode) as handle:
+        # the replica's own log lines stay in Ray's log files: repeat what matters here
+        for name, model in handle.info.remote().result()["models"].items():
+            if model["demo_weights"]:
+                err.print(f"[yellow]model {name!r}: UNTRAINED DEMO WEIGHTS[/yellow], pictures "
+                          "are noise-like; set CLIPGAN_GENERATOR_CHECKPOINT for real ones",
+                          soft_wrap=True)
         api = create_app(web_settings, ml_client=HandleMLClient(handle))
         err.print(f"\nclipgan is running at http://{host}:{port}  (API docs: /docs)\n"
                   "create an account:  .venv/bin/clipgan users create NAME EMAIL [--admin]\n"

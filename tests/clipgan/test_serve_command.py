@@ -130,6 +130,7 @@ def test_make_run_serves_on_local_ray_and_keeps_everything_across_restarts(
     finally:
         out = _stop(proc)  # Ctrl-C in the middle of the long job
     assert f"clipgan is running at http://127.0.0.1:{port}" in out
+    assert "model 'default': UNTRAINED DEMO WEIGHTS" in out  # though the replica logs elsewhere
     deadline = time.time() + 30
     while _alive(ray_processes) and time.time() < deadline:
         time.sleep(0.5)
