@@ -283,6 +283,19 @@ def web(
                 workers=workers, proxy_headers=False)
 
 
+def _print_banner(handle, url: str, data_dir: Path) -> None:
+    # the replica's own log lines stay in Ray's log files: repeat what matters here
+    for name, model in handle.info.remote().result()["models"].items():
+        if model["demo_weights"]:
+            err.print(f"[yellow]model {name!r}: UNTRAINED DEMO WEIGHTS[/yellow], pictures are "
+                      "noise-like; set CLIPGAN_GENERATOR_CHECKPOINT for real ones",
+                      soft_wrap=True)
+    err.print(f"\nclipgan is running at {url}  (API docs: /docs)\n"
+              "create an account:  .venv/bin/clipgan users create NAME EMAIL [--admin]\n"
+              f"or POST /v1/users; data lives in {data_dir.resolve()}; Ctrl-C stops\n",
+              soft_wrap=True)
+
+
 @app.command()
 def serve(
     host: Annotated[str, Opt(help="Address to bind.")] = "127.0.0.1",
@@ -300,7 +313,7 @@ def serve(
 
     import uvicorn
 
-    from ml_backend.local_cluster import GeneratorMode, local_generator
+    from ml_backend.local_cluster import GeneratorMode, LocalClusterError, local_generator
     from ml_backend.settings import MLSettings
     from web_backend.app import create_app
     from web_backend.ml_client import HandleMLClient
@@ -315,19 +328,13 @@ def serve(
     web_settings = _web_settings()
     ml_settings = MLSettings()
     err.print(f"starting the generator ({mode.value}; demo weights unless configured)...")
-    with local_generator(ml_settings, mode) as handle:
-        # the replica's own log lines stay in Ray's log files: repeat what matters here
-        for name, model in handle.info.remote().result()["models"].items():
-            if model["demo_weights"]:
-                err.print(f"[yellow]model {name!r}: UNTRAINED DEMO WEIGHTS[/yellow], pictures "
-                          "are noise-like; set CLIPGAN_GENERATOR_CHECKPOINT for real ones",
-                          soft_wrap=True)
-        api = create_app(web_settings, ml_client=HandleMLClient(handle))
-        err.print(f"\nclipgan is running at http://{host}:{port}  (API docs: /docs)\n"
-                  "create an account:  .venv/bin/clipgan users create NAME EMAIL [--admin]\n"
-                  "or POST /v1/users; data lives in "
-                  f"{web_settings.data_dir.resolve()}; Ctrl-C stops\n", soft_wrap=True)
-        uvicorn.run(api, host=host, port=port, log_level="info", access_log=False)
+    try:
+        with local_generator(ml_settings, mode) as handle:
+            api = create_app(web_settings, ml_client=HandleMLClient(handle))
+            _print_banner(handle, f"http://{host}:{port}", web_settings.data_dir)
+            uvicorn.run(api, host=host, port=port, log_level="info", access_log=False)
+    except LocalClusterError as exc:
+        _fail(str(exc))
     err.print("stopped")
 
 

@@ -27,6 +27,10 @@ log = logging.getLogger(__name__)
 APP_NAME = "clipgan"
 
 
+class LocalClusterError(RuntimeError):
+    """The app cannot run on this machine as configured; the message says what to change."""
+
+
 class GeneratorMode(StrEnum):
     ray = "ray"
     in_process = "in-process"
@@ -63,7 +67,9 @@ def local_generator(settings: MLSettings, mode: GeneratorMode,
     ray.init(address="local", num_cpus=num_cpus, include_dashboard=False,
              log_to_driver=False, configure_logging=False)
     try:
-        settings = _with_local_gpus(settings, ray.cluster_resources().get("GPU", 0.0))
+        resources = ray.cluster_resources()
+        settings = _with_local_gpus(settings, resources.get("GPU", 0.0))
+        _check_fits(settings, resources)
         log.info("local Ray started; replica logs under /tmp/ray/session_latest/logs")
         serve.start(**start_options(settings))
         handle = serve.run(build_app(settings), name=APP_NAME, route_prefix=None)
@@ -75,3 +81,13 @@ def local_generator(settings: MLSettings, mode: GeneratorMode,
         # lease, so nothing needs a graceful drain here.
         ray.shutdown()
 
+
+def _check_fits(settings: MLSettings, resources: dict[str, float]) -> None:
+    """Refuse a replica this machine can never place: Serve would wait for it forever."""
+    for unit, wanted, setting in (("GPU", settings.replica_gpus, "CLIPGAN_REPLICA_GPUS"),
+                                  ("CPU", settings.replica_cpus, "CLIPGAN_REPLICA_CPUS")):
+        have = resources.get(unit, 0.0)
+        if wanted > have:
+            raise LocalClusterError(
+                f"a generator replica needs {wanted:g} {unit} but this machine has {have:g}; "
+                f"lower {setting}")

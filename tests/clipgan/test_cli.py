@@ -84,6 +84,15 @@ def test_serve_refuses_an_unknown_generator_mode(tmp_path: Path) -> None:
     assert "Traceback" not in done.stderr
 
 
+def test_serve_refuses_a_replica_this_machine_cannot_place(tmp_path: Path) -> None:
+    done = subprocess.run([*CLI, "serve"], capture_output=True, text=True, timeout=300, env={
+        **os.environ, "CLIPGAN_DATA_DIR": str(tmp_path), "CLIPGAN_REPLICA_CPUS": "512",
+        "RAY_USAGE_STATS_ENABLED": "0"})
+    assert done.returncode == 2, done.stderr  # instead of waiting forever for 512 CPUs
+    assert "a generator replica needs 512 CPU but this machine has" in done.stderr
+    assert "lower CLIPGAN_REPLICA_CPUS" in done.stderr and "Traceback" not in done.stderr
+
+
 def test_users_create_and_db_commands(tmp_path: Path) -> None:
     # these only touch the database: no secret key needed, whatever CLIPGAN_ENV says,
     # so the line `clipgan serve` prints works in a second terminal as written
