@@ -7,7 +7,8 @@ Two ways to run the same deployment class behind the same handle API:
   processes exactly as on the GPU cluster. A replica crash is recovered by Serve;
   the caller sees the typed failure and retries. GPUs Ray finds are used.
 * ``in-process``: Serve's local testing mode, the replica lives in this process.
-  Starts in about a second and adds no processes; for tests and quick hacks.
+  No Ray to start (ready in ~6 s here instead of ~16 s) and no extra processes;
+  for tests and quick hacks.
 
 Both are context managers so that Ctrl-C, an exception or a normal exit all take
 the cluster down: the next start finds no leftover Ray processes.
@@ -50,8 +51,7 @@ def _with_local_gpus(settings: MLSettings, gpus_found: float) -> MLSettings:
 
 
 @contextmanager
-def local_generator(settings: MLSettings, mode: GeneratorMode,
-                    *, num_cpus: int | None = None) -> Iterator[object]:
+def local_generator(settings: MLSettings, mode: GeneratorMode) -> Iterator[object]:
     """Run the Serve app here and yield its ``DeploymentHandle``; tear it all down after."""
     from ray import serve
 
@@ -64,8 +64,12 @@ def local_generator(settings: MLSettings, mode: GeneratorMode,
 
     import ray
 
-    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False,
-             log_to_driver=False, configure_logging=False)
+    try:
+        ray.init(address="local", include_dashboard=False, log_to_driver=False,
+                 configure_logging=False)
+    except Exception as exc:  # Ray's start-up errors have no common type
+        raise LocalClusterError(f"could not start a local Ray ({type(exc).__name__}: {exc}); "
+                                "`clipgan serve --generator in-process` needs none") from exc
     try:
         resources = ray.cluster_resources()
         settings = _with_local_gpus(settings, resources.get("GPU", 0.0))

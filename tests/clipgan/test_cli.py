@@ -93,6 +93,16 @@ def test_serve_refuses_a_replica_this_machine_cannot_place(tmp_path: Path) -> No
     assert "lower CLIPGAN_REPLICA_CPUS" in done.stderr and "Traceback" not in done.stderr
 
 
+def test_serve_says_what_to_do_when_ray_cannot_start(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("")
+    done = subprocess.run([*CLI, "serve"], capture_output=True, text=True, timeout=300, env={
+        **os.environ, "CLIPGAN_DATA_DIR": str(tmp_path), "RAY_TMPDIR": str(tmp_path / "file"),
+        "RAY_USAGE_STATS_ENABLED": "0"})
+    assert done.returncode == 2, done.stderr
+    assert "could not start a local Ray (NotADirectoryError" in done.stderr
+    assert "--generator in-process" in done.stderr and "Traceback" not in done.stderr
+
+
 def test_users_create_and_db_commands(tmp_path: Path) -> None:
     # these only touch the database: no secret key needed, whatever CLIPGAN_ENV says,
     # so the line `clipgan serve` prints works in a second terminal as written
