@@ -2,7 +2,6 @@
 
 import os
 import secrets
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -10,6 +9,7 @@ import pytest
 
 from ml_backend.pipeline import Pipeline
 from ml_backend.settings import MLSettings
+from tests.servers import free_port
 
 
 @pytest.fixture(scope="session")
@@ -37,12 +37,6 @@ def ml_handle(demo_data_dir: Path):
 
 
 CLUSTER_SECRET = secrets.token_hex(32)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.clipgan.test_serve_command import _free_port, _start, _stop
+from tests.servers import free_port, start_serve, stop_serve
 
 pytestmark = pytest.mark.slow
 
@@ -78,12 +78,12 @@ def test_python_snippets(newcomer_dir: Path, section: str) -> None:
 @pytest.fixture
 def running_server(newcomer_dir: Path) -> Iterator[str]:
     """``make run`` in another terminal (the in-process generator: same API, faster)."""
-    port = _free_port()
-    proc = _start(newcomer_dir / "data", port)
+    port = free_port()
+    proc = start_serve(newcomer_dir / "data", port)
     try:
         yield f"{port}"
     finally:
-        _stop(proc)
+        stop_serve(proc)
 
 
 def _on_port(block: str, port: str) -> str:

@@ -7,10 +7,10 @@ free. Local disk by default; an S3-compatible store implements the same three me
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 from pathlib import Path
 from typing import Protocol
+
+from ml_backend.files import atomic_write  # stdlib only: keeps torch out of the web side
 
 
 class BlobStore(Protocol):
@@ -20,11 +20,7 @@ class BlobStore(Protocol):
 
 
 class LocalBlobStore:
-    """Files under ``root/ab/cd/<sha256><suffix>``, written atomically (temp + rename).
-
-    (ml_backend/files.py does the same for checkpoints; the web side keeps its own copy
-    because it may import only ml_backend.protocol.)
-    """
+    """Files under ``root/ab/cd/<sha256><suffix>``, written atomically (temp + rename)."""
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
@@ -40,17 +36,7 @@ class LocalBlobStore:
         path = self._path(key)
         if path.exists():
             return key
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write(path, data)
         return key
 
     def get(self, key: str) -> bytes:

@@ -1,8 +1,6 @@
 """`clipgan serve` (what `make run` starts): a working service that survives a restart."""
 
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -11,38 +9,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.servers import free_port, start_serve, stop_serve
+
 pytestmark = pytest.mark.slow
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _start(data_dir: Path, port: int, generator: str = "in-process") -> subprocess.Popen:
-    """``clipgan serve`` in its own session, as a terminal would run it.
-
-    Tests about the web side use the in-process generator (starts in ~3 s); the
-    tests of what ``make run`` does use the default private local Ray.
-    """
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CLIPGAN_")}
-    env.update(CLIPGAN_DATA_DIR=str(data_dir), RAY_USAGE_STATS_ENABLED="0")
-    proc = subprocess.Popen([sys.executable, "-m", "clipgan.cli", "serve", "--port", str(port),
-                             "--generator", generator], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    deadline = time.time() + 180
-    while time.time() < deadline:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            pass
-        if proc.poll() is not None:
-            raise AssertionError(proc.stdout.read())
-        time.sleep(0.5)
-    proc.kill()
-    raise AssertionError("clipgan serve did not become ready")
 
 
 def _descendants(pid: int) -> set[int]:
@@ -75,15 +44,6 @@ def _alive(pids: set[int]) -> set[int]:
     return alive
 
 
-def _stop(proc: subprocess.Popen) -> str:
-    """Ctrl-C as a terminal sends it: SIGINT to the whole process group."""
-    os.killpg(proc.pid, signal.SIGINT)
-    out, _ = proc.communicate(timeout=90)
-    assert proc.returncode == 0, out[-5000:]
-    assert "Traceback" not in out, out
-    return out
-
-
 def _sign_in(base: str, username: str) -> dict[str, str]:
     token = httpx.post(f"{base}/v1/auth/token",
                        data={"username": username, "password": "password123"}).json()
@@ -102,9 +62,9 @@ def _wait_done(base: str, job_id: str, auth: dict[str, str], timeout: float = 12
 
 def test_make_run_serves_on_local_ray_and_keeps_everything_across_restarts(
         tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_port()
     base = f"http://127.0.0.1:{port}"
-    proc = _start(tmp_path, port, generator="ray")
+    proc = start_serve(tmp_path, port, generator="ray")
     try:
         httpx.post(f"{base}/v1/users", json={"username": "alice", "email": "a@x.io",
                                              "password": "password123"}).raise_for_status()
@@ -128,7 +88,7 @@ def test_make_run_serves_on_local_ray_and_keeps_everything_across_restarts(
         ray_processes = _descendants(proc.pid)
         assert len(ray_processes) >= 3, "expected a local Ray (gcs, raylet, workers)"
     finally:
-        out = _stop(proc)  # Ctrl-C in the middle of the long job
+        out = stop_serve(proc)  # Ctrl-C in the middle of the long job
     assert f"clipgan is running at http://127.0.0.1:{port}" in out
     assert "model 'default': UNTRAINED DEMO WEIGHTS" in out  # though the replica logs elsewhere
     deadline = time.time() + 30
@@ -136,7 +96,7 @@ def test_make_run_serves_on_local_ray_and_keeps_everything_across_restarts(
         time.sleep(0.5)
     assert not _alive(ray_processes), "Ctrl-C left Ray processes behind"
 
-    proc = _start(tmp_path, port, generator="ray")  # same data dir: same users and jobs
+    proc = start_serve(tmp_path, port, generator="ray")  # same data dir: same users and jobs
     try:
         auth = _sign_in(base, "alice")
         again = httpx.get(f"{base}/v1/jobs/{job['id']}", headers=auth).json()
@@ -145,13 +105,13 @@ def test_make_run_serves_on_local_ray_and_keeps_everything_across_restarts(
         resumed = _wait_done(base, long_job["id"], auth, timeout=240)
         assert resumed["status"] == "succeeded", resumed  # interrupted, handed back, finished
     finally:
-        _stop(proc)
+        stop_serve(proc)
 
 
 def test_client_commands_and_the_example_bot(tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_port()
     base = f"http://127.0.0.1:{port}"
-    proc = _start(tmp_path, port)
+    proc = start_serve(tmp_path, port)
     try:
         httpx.post(f"{base}/v1/users", json={"username": "bot", "email": "bot@x.io",
                                              "password": "password123"}).raise_for_status()
@@ -174,4 +134,4 @@ def test_client_commands_and_the_example_bot(tmp_path: Path) -> None:
         lines = bot.stdout.strip().splitlines()
         assert lines[0].startswith("'cat ears' (seed ") and lines[1].startswith("here is Asuka")
     finally:
-        _stop(proc)
+        stop_serve(proc)

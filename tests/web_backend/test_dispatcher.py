@@ -11,23 +11,12 @@ from fastapi.testclient import TestClient
 from sqlalchemy import update
 
 from ml_backend.png import read_png_text
-from tests.web_backend.conftest import Account, make_admin
+from tests.web_backend.conftest import Account, make_admin, wait_for
 from web_backend.app import create_app
 from web_backend.dispatcher import Dispatcher, DispatchPolicy, JobStore, LeaseLost
 from web_backend.ml_client import HandleMLClient, NoMLClient
 from web_backend.models import Job, utcnow
 from web_backend.settings import WebSettings
-
-
-def wait_for(account: Account, job_id: str, predicate: Callable[[dict], bool],
-             timeout: float = 90) -> dict:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        job = account.get(f"/v1/jobs/{job_id}").json()
-        if predicate(job):
-            return job
-        time.sleep(0.1)
-    raise AssertionError(f"job never reached the state: {job}")
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ import psycopg
 import pytest
 from sqlalchemy import create_engine, text
 
-from tests.conftest import free_port
+from tests.servers import free_port, wait_ready
 from web_backend import migrate
 
 pytestmark = pytest.mark.slow
@@ -53,16 +53,7 @@ class Server:
         self.proc = subprocess.Popen([sys.executable, "-m", "clipgan.cli", "serve", "--port",
                                       str(self.port), "--generator", "in-process"], env=env, stdout=self.log,
                                      stderr=subprocess.STDOUT)
-        deadline = time.time() + 120
-        while time.time() < deadline:
-            try:
-                if httpx.get(f"{self.base}/readyz", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            assert self.proc.poll() is None, "server exited during start"
-            time.sleep(0.3)
-        raise AssertionError("server did not become ready")
+        wait_ready(self.base, self.proc, timeout=120)
 
     def kill9(self) -> None:
         self.proc.send_signal(signal.SIGKILL)

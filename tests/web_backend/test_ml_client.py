@@ -1,14 +1,13 @@
 """Both transports to a real ML side (local Ray cluster), and a job through the HTTP one."""
 
 import asyncio
-import time
 
 import pytest
 from fastapi.testclient import TestClient
 
 from ml_backend.protocol import GenerationRequest, Progress, Result
 from tests.conftest import CLUSTER_SECRET
-from tests.web_backend.conftest import Account
+from tests.web_backend.conftest import Account, wait_for
 from web_backend.app import create_app
 from web_backend.ml_client import HandleMLClient, HttpMLClient, MLUnavailable
 
@@ -47,11 +46,8 @@ def test_a_job_runs_through_the_http_ingress(cluster: dict, make_settings) -> No
     with TestClient(create_app(settings)) as client:
         alice = Account(client, "alice")
         job = alice.post("/v1/jobs", json={"prompt": "cat ears", "steps": 4, "seed": 9}).json()
-        for _ in range(300):
-            state = alice.get(f"/v1/jobs/{job['id']}").json()
-            if state["status"] not in ("queued", "running"):
-                break
-            time.sleep(0.2)
+        state = wait_for(alice, job["id"], lambda j: j["status"] not in ("queued", "running"),
+                         timeout=60)
         assert state["status"] == "succeeded", state["error"]
         assert client.get(state["image_url"]).content.startswith(b"\x89PNG")
 
@@ -68,18 +64,11 @@ def test_killing_the_replica_mid_job_retries_and_completes(cluster: dict, make_s
     with TestClient(app) as client:
         alice = Account(client, "alice")
         job = alice.post("/v1/jobs", json={"prompt": "smile", "steps": 120, "seed": 3}).json()
-        for _ in range(600):
-            state = alice.get(f"/v1/jobs/{job['id']}").json()
-            if state["progress"]["step"] >= 3:
-                break
-            time.sleep(0.1)
+        wait_for(alice, job["id"], lambda j: j["progress"]["step"] >= 3, timeout=60)
         victim = handle.info.remote().result()["replica"]["pid"]
         os.kill(victim, signal.SIGKILL)  # the replica dies as on a reclaimed spot node
-        for _ in range(1800):
-            state = alice.get(f"/v1/jobs/{job['id']}").json()
-            if state["status"] not in ("queued", "running"):
-                break
-            time.sleep(0.1)
+        state = wait_for(alice, job["id"], lambda j: j["status"] not in ("queued", "running"),
+                         timeout=180)
         assert state["status"] == "succeeded", state["error"]
         with app.state.services.session_factory() as session:
             assert session.get(Job, job["id"]).attempts == 2

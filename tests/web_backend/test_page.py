@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.clipgan.test_serve_command import _free_port, _start, _stop
+from tests.servers import free_port, start_serve, stop_serve
 
 pytestmark = pytest.mark.slow
 
@@ -23,8 +23,8 @@ FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
 def test_register_submit_and_watch_the_image_appear(tmp_path: Path) -> None:
     from playwright.sync_api import expect, sync_playwright
 
-    port = _free_port()
-    server = _start(tmp_path, port)
+    port = free_port()
+    server = start_serve(tmp_path, port)
     SHOTS.mkdir(parents=True, exist_ok=True)
     try:
         with sync_playwright() as p:
@@ -64,4 +64,4 @@ def test_register_submit_and_watch_the_image_appear(tmp_path: Path) -> None:
             browser.close()
         assert blocked == [], f"the page loaded something from elsewhere: {blocked}"
     finally:
-        _stop(server)
+        stop_serve(server)

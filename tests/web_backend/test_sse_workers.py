@@ -3,7 +3,6 @@
 import json
 import os
 import secrets
-import socket
 import subprocess
 import sys
 import threading
@@ -14,20 +13,15 @@ import httpx
 import pytest
 from sqlalchemy import create_engine, update
 
+from tests.servers import free_port, wait_ready
 from web_backend.models import Job, utcnow
 
 pytestmark = pytest.mark.slow
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def server(database_url: str, tmp_path: Path):
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "CLIPGAN_ENV": "prod", "CLIPGAN_SECRET_KEY": secrets.token_hex(32),
            "CLIPGAN_DATABASE_URL": database_url, "CLIPGAN_DATA_DIR": str(tmp_path)}
     proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "--factory",
@@ -35,13 +29,7 @@ def server(database_url: str, tmp_path: Path):
                              "--port", str(port), "--log-level", "warning"], env=env)
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.time() + 60
-        while time.time() < deadline:
-            try:
-                if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.2)
+        wait_ready(base, proc, path="/healthz", timeout=60)
         yield base
     finally:
         proc.terminate()

@@ -1,0 +1,59 @@
+"""Real server processes for the tests: a free port, start, wait until ready, Ctrl-C."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_ready(base: str, proc: subprocess.Popen, *, path: str = "/readyz",
+               timeout: float = 180) -> None:
+    """Until ``base + path`` answers 200; a process that dies first fails with its output."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            if httpx.get(f"{base}{path}", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if proc.poll() is not None:
+            output = proc.stdout.read() if proc.stdout else "(output in its log file)"
+            raise AssertionError(f"server exited during start: {output}")
+        time.sleep(0.3)
+    proc.kill()
+    raise AssertionError(f"server at {base} did not become ready")
+
+
+def start_serve(data_dir: Path, port: int, generator: str = "in-process") -> subprocess.Popen:
+    """``clipgan serve`` in its own session, as a terminal would run it.
+
+    Tests about the web side use the in-process generator (starts in ~6 s); the
+    tests of what ``make run`` does use the default private local Ray.
+    """
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CLIPGAN_")}
+    env.update(CLIPGAN_DATA_DIR=str(data_dir), RAY_USAGE_STATS_ENABLED="0")
+    proc = subprocess.Popen([sys.executable, "-m", "clipgan.cli", "serve", "--port", str(port),
+                             "--generator", generator], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    wait_ready(f"http://127.0.0.1:{port}", proc)
+    return proc
+
+
+def stop_serve(proc: subprocess.Popen) -> str:
+    """Ctrl-C as a terminal sends it: SIGINT to the whole process group."""
+    os.killpg(proc.pid, signal.SIGINT)
+    out, _ = proc.communicate(timeout=90)
+    assert proc.returncode == 0, out[-5000:]
+    assert "Traceback" not in out, out
+    return out
