@@ -17,10 +17,12 @@ import time
 
 import torch
 
-from ml_backend.guidance import ClipGuide, import_clip
+from ml_backend.guidance import ClipGuide
 from ml_backend.protocol import GenerationRequest
-from ml_backend.search import BatchScheduler, LatentSearchEngine, SearchHandle
+from ml_backend.scheduler import BatchScheduler, SearchHandle
+from ml_backend.search import LatentSearchEngine
 from ml_backend.stylegan2 import Generator, GeneratorConfig, tadne_config
+from ml_backend.weights import import_clip
 
 PRESETS = {
     "cpu-mid": dict(
@@ -100,7 +102,7 @@ def main() -> None:
     for n in (1, args.jobs):
         jobs = []
         for i in range(n):
-            job = engine.new_job(request(i, preset, steps), SearchHandle(), None)
+            job = engine.new_job(request(i, preset, steps))
             engine.start(job)
             jobs.append(job)
         engine.step(jobs)  # warm-up

@@ -22,11 +22,11 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 import torch
 
-from ml_backend.checkpoints import GeneratorCheckpoint, save_checkpoint
 from ml_backend.pipeline import Pipeline
 from ml_backend.protocol import GenerationRequest
 from ml_backend.settings import MLSettings
 from ml_backend.stylegan2 import Generator, tadne_config
+from ml_backend.weights import GeneratorCheckpoint, save_checkpoint
 
 
 def requests(n: int, steps: int) -> list[GenerationRequest]:

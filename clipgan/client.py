@@ -8,6 +8,8 @@ from typing import Any
 
 import httpx
 
+__all__ = ["ClientError", "ClipganClient"]
+
 
 class ClientError(Exception):
     """The server said no; the message is its ``detail``."""

@@ -6,6 +6,8 @@ import os
 import tempfile
 from pathlib import Path
 
+__all__ = ["atomic_write"]
+
 
 def atomic_write(path: Path, data: bytes) -> Path:
     path = Path(path)

@@ -1,28 +1,27 @@
 """CLIP guidance: what "looks like the prompt" means to the latent search.
 
-CLIP comes from the ``clip`` package's own model code, built from a local file
-(any OpenAI CLIP size: dims are inferred from the state dict by
-``clip.model.build_model``). Files are read without the stock unpickler:
-safetensors, a weights-only ``torch.load``, or the TorchScript archives OpenAI
-released (TorchScript, not pickled Python objects).
+The CLIP model comes from :func:`ml_backend.weights.load_clip`; this module turns
+prompts and images into targets, cuts images into CLIP-sized crops and scores them.
 """
 
 from __future__ import annotations
 
 import io
 import logging
-import os
 import threading
-import zipfile
 from collections import OrderedDict
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
 from ml_backend.protocol import WeightedPrompt
+from ml_backend.recipe import DEFAULT_RECIPE
+from ml_backend.weights.clip import ClipModel, import_clip
+
+__all__ = ["CLIP_MEAN", "CLIP_STD", "ClipGuide", "GuidanceError", "Targets",
+           "spherical_distance"]
 
 log = logging.getLogger(__name__)
 
@@ -32,63 +31,6 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 class GuidanceError(ValueError):
     """A prompt CLIP cannot use; the message says what to change."""
-
-
-class ClipLoadError(Exception):
-    """A CLIP checkpoint that cannot be used."""
-
-    def __init__(self, path: str | os.PathLike[str], reason: str) -> None:
-        super().__init__(f"cannot load CLIP checkpoint {path}: {reason}")
-
-
-def _read_clip_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    with path.open("rb") as f:
-        head = f.read(9)
-    if len(head) == 9 and head[8:9] == b"{":
-        from safetensors.torch import load_file
-
-        return load_file(path)
-    if head.startswith(b"PK\x03\x04"):
-        with zipfile.ZipFile(path) as archive:
-            is_torchscript = any(n.endswith("/code/__torch__.py") or "/code/" in n
-                                 for n in archive.namelist())
-        if is_torchscript:
-            return dict(torch.jit.load(str(path), map_location="cpu").state_dict())
-    data = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(data, dict) and isinstance(data.get("state_dict"), dict):
-        data = data["state_dict"]
-    if not isinstance(data, dict):
-        raise ValueError("file holds no state dict")
-    return data
-
-
-def import_clip():
-    """``clip`` imports the deprecated pkg_resources at import; keep that out of the logs."""
-    import warnings
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        import clip
-        import clip.model
-        import clip.simple_tokenizer
-    return clip
-
-
-def load_clip(path: str | os.PathLike[str], *, device: str | torch.device = "cpu"
-              ) -> torch.nn.Module:
-    """Build ``clip.model.CLIP`` from a local checkpoint, fp32, frozen, in eval mode."""
-    clip = import_clip()
-    path = Path(path)
-    if not path.is_file():
-        raise ClipLoadError(path, "no such file")
-    try:
-        state_dict = _read_clip_state_dict(path)
-        model = clip.model.build_model(dict(state_dict))
-    except ClipLoadError:
-        raise
-    except Exception as exc:  # any parse / shape failure means "not a usable CLIP file"
-        raise ClipLoadError(path, f"{type(exc).__name__}: {exc}") from None
-    return model.float().to(device).eval().requires_grad_(False)
 
 
 def spherical_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -118,15 +60,13 @@ class Targets:
 class ClipGuide:
     """Prompt encoding, cutouts and similarity for one CLIP model."""
 
-    def __init__(self, model: torch.nn.Module, *, cut_power: float = 1.5,
-                 text_cache_size: int = 1024) -> None:
+    def __init__(self, model: ClipModel, *, text_cache_size: int = 1024) -> None:
         clip = import_clip()
         self.model = model
         self.device = next(model.parameters()).device
         self.input_resolution: int = model.visual.input_resolution
         self.context_length: int = model.context_length
         self.embed_dim: int = model.text_projection.shape[1]
-        self.cut_power = cut_power
         self._tokenizer = clip.simple_tokenizer.SimpleTokenizer()
         self._tokenize = clip.tokenize
         self._text_cache: OrderedDict[str, torch.Tensor] = OrderedDict()
@@ -221,7 +161,8 @@ class ClipGuide:
         """Whole images [N, 3, H, W] in [-1, 1] -> [N, D] unit embeddings."""
         return self.encode_pixels(self._resize(images))
 
-    def cutouts(self, image: torch.Tensor, count: int, rng: torch.Generator) -> torch.Tensor:
+    def cutouts(self, image: torch.Tensor, count: int, rng: torch.Generator, *,
+                cut_power: float = DEFAULT_RECIPE.cut_power) -> torch.Tensor:
         """``count`` random square crops of one image [3, H, W] -> [count, 3, R, R].
 
         Crop sides follow u**cut_power between CLIP's input size and the full image, so
@@ -232,7 +173,7 @@ class ClipGuide:
         max_size = min(h, w)
         min_size = min(max_size, self.input_resolution)
         draws = torch.rand(count, 3, generator=rng)
-        sizes = (draws[:, 0] ** self.cut_power * (max_size - min_size) + min_size).long()
+        sizes = (draws[:, 0] ** cut_power * (max_size - min_size) + min_size).long()
         crops = []
         for (_, ox, oy), size in zip(draws.tolist(), sizes.tolist(), strict=True):
             x0 = int(ox * (w - size + 1))

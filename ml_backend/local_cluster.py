@@ -23,6 +23,8 @@ from enum import StrEnum
 
 from ml_backend.settings import MLSettings
 
+__all__ = ["APP_NAME", "GeneratorMode", "LocalClusterError", "local_generator"]
+
 log = logging.getLogger(__name__)
 
 APP_NAME = "clipgan"

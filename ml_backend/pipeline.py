@@ -17,13 +17,22 @@ from typing import Any
 
 import torch
 
-from ml_backend.checkpoints import describe, load_generator
-from ml_backend.demo_weights import demo_clip_path, demo_generator_path
-from ml_backend.guidance import ClipGuide, load_clip
+from ml_backend.guidance import ClipGuide
 from ml_backend.protocol import GenerationRequest, Result
-from ml_backend.search import BatchScheduler, LatentSearchEngine, ProgressCallback, SearchHandle
+from ml_backend.scheduler import BatchScheduler, SearchHandle
+from ml_backend.search import LatentSearchEngine, ProgressCallback
 from ml_backend.settings import MLSettings
-from ml_backend.upscale import Upscaler, load_rrdbnet
+from ml_backend.upscale import Upscaler
+from ml_backend.weights import (
+    demo_clip_path,
+    demo_generator_path,
+    describe,
+    load_clip,
+    load_generator,
+    load_rrdbnet,
+)
+
+__all__ = ["Pipeline"]
 
 log = logging.getLogger(__name__)
 

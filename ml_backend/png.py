@@ -8,6 +8,8 @@ from collections.abc import Mapping
 import numpy as np
 from PIL import Image, PngImagePlugin
 
+__all__ = ["encode_png", "read_png_text"]
+
 
 def encode_png(pixels: np.ndarray, text: Mapping[str, object] | None = None) -> bytes:
     """pixels: [H, W, 3] uint8 -> PNG bytes with one iTXt chunk per ``text`` entry."""

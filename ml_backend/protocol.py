@@ -12,11 +12,19 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from ml_backend.recipe import DEFAULT_RECIPE
+
+__all__ = [
+    "MAX_IMAGE_PROMPT_BYTES", "MAX_PROMPTS", "MAX_PROMPT_CHARS", "MAX_SEED", "Failure",
+    "FailureCode", "GenerationRequest", "Progress", "Result", "StreamMessage", "WeightedPrompt",
+    "parse_prompt", "seed_to_int",
+]
+
 MAX_PROMPT_CHARS = 1000
 MAX_PROMPTS = 8
 MAX_IMAGE_PROMPT_BYTES = 10 * 1024 * 1024
 MAX_SEED = 2**63 - 1
-NEGATIVE_PROMPT_WEIGHT = 0.5  # default strength of a negative_prompt part without a weight
+NEGATIVE_PROMPT_WEIGHT = DEFAULT_RECIPE.negative_weight  # a negative part without a weight
 
 _WEIGHT_SUFFIX = re.compile(r"^(?P<text>.*?):\s*(?P<weight>[-+]?(\d+(\.\d*)?|\.\d+))\s*$", re.S)
 
@@ -90,12 +98,15 @@ class GenerationRequest(BaseModel):
     model: str = Field("default", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
     psi: float | None = Field(None, ge=0.0, le=2.0, description=(
         "Creativity: truncation psi, 0 (average face) to 2 (wild); default: the model's."))
-    steps: int = Field(60, ge=1, le=500, description="Optimisation steps.")
+    steps: int = Field(DEFAULT_RECIPE.steps, ge=1, le=500, description="Optimisation steps.")
     seed: Seed | None = Field(None, description="Integer or a name; unset: random.")
-    cutouts: int = Field(32, ge=1, le=128, description="Random crops scored per step.")
-    init_candidates: int = Field(32, ge=1, le=256, description="Random starts; best is kept.")
-    learning_rate: float = Field(0.04, gt=0.0, le=1.0)
-    preview_every: int = Field(10, ge=0, le=500, description="Preview image every k steps; 0 off.")
+    cutouts: int = Field(DEFAULT_RECIPE.cutouts, ge=1, le=128,
+                         description="Random crops scored per step.")
+    init_candidates: int = Field(DEFAULT_RECIPE.init_candidates, ge=1, le=256,
+                                 description="Random starts; best is kept.")
+    learning_rate: float = Field(DEFAULT_RECIPE.learning_rate, gt=0.0, le=1.0)
+    preview_every: int = Field(DEFAULT_RECIPE.preview_every, ge=0, le=500,
+                               description="Preview image every k steps; 0 off.")
     upscale: Literal[1, 2, 4] = 1
 
     @field_validator("seed")
@@ -161,21 +172,45 @@ class Result(BaseModel):
     timings: dict[str, float] = Field(default_factory=dict, description="Seconds per phase.")
 
 
+FailureCode = Literal["invalid_request", "cancelled", "timeout", "busy", "unavailable",
+                      "internal"]
+
+# What each code means for the caller, in one place (both transports, the dispatcher and
+# the public API read it): may the same request succeed if tried again, and which HTTP
+# status tells a client so.
+_RETRYABLE: frozenset[str] = frozenset({"busy", "unavailable", "internal"})
+_HTTP_STATUS: dict[str, int] = {"invalid_request": 422, "cancelled": 409, "timeout": 504,
+                                "busy": 503, "unavailable": 503, "internal": 503}
+
+
 class Failure(BaseModel):
     """The last message of a stream that did not produce a picture.
 
-    ``invalid_request`` will fail the same way again (bad prompt, unknown model): fail
-    the job at once. ``cancelled`` was asked for. ``internal`` may pass (a replica
-    died, memory ran out): the caller may retry.
+    * ``invalid_request``: fails the same way again (bad prompt, unknown model).
+    * ``cancelled``: the caller asked for it.
+    * ``timeout``: the attempt ran past its time limit; the same work would again.
+    * ``busy``: the ML side is full (back pressure); nothing was started.
+    * ``unavailable``: the ML side could not be reached, or went away mid-stream
+      (scaled to zero, starting, a replica died).
+    * ``internal``: the ML side failed (out of memory...); may pass.
+
+    The ML side produces the first three and ``internal``; the transports produce
+    ``busy`` and ``unavailable``, so a caller sees one vocabulary whichever way it
+    reached the ML side.
     """
 
     kind: Literal["error"] = "error"
-    code: Literal["invalid_request", "cancelled", "internal"]
+    code: FailureCode
     message: str
 
     @property
     def retryable(self) -> bool:
-        return self.code == "internal"
+        """Trying the same request again may succeed."""
+        return self.code in _RETRYABLE
+
+    @property
+    def http_status(self) -> int:
+        return _HTTP_STATUS[self.code]
 
 
 StreamMessage = Annotated[Progress | Result | Failure, Field(discriminator="kind")]

@@ -11,7 +11,9 @@ Two topologies:
   refuses any request without the shared secret (constant-time compare).
 
 Streams are ``Progress*`` then one ``Result`` or one ``Failure``: the same contract
-over both transports, with failures classified for the caller's retry decision.
+over both transports. :func:`failure_from` is the ML side's one classification of
+what went wrong; the ingress sends that ``Failure`` as it is, so no status code has
+to be translated back on the other side.
 
 Developers use it in-process, no cluster needed::
 
@@ -28,12 +30,12 @@ import logging
 import os
 import socket
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, cast
 
 import torch
 from pydantic import ValidationError
 from ray import serve
-from ray.serve.handle import DeploymentHandle
+from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
@@ -43,17 +45,26 @@ from ml_backend.protocol import Failure, GenerationRequest, Progress, Result
 from ml_backend.search import SearchCancelled
 from ml_backend.settings import MLSettings, UnknownModelError
 
+__all__ = ["GeneratorDeployment", "GeneratorIngress", "app_builder", "build_app",
+           "deployment_options", "failure_from", "start_options"]
+
 log = logging.getLogger(__name__)
 
 _INVALID = (GuidanceError, UnknownModelError, ValidationError, ValueError)
 _DONE = object()
 
 
-def _failure(exc: BaseException) -> Failure:
+def failure_from(exc: BaseException) -> Failure:
+    """What went wrong on the ML side, as the caller's retry decision needs it."""
     if isinstance(exc, SearchCancelled):
         return Failure(code="cancelled", message=str(exc) or "cancelled")
+    if isinstance(exc, ValidationError):
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'request'}: {e['msg']}"
+                             for e in exc.errors(include_url=False, include_input=False))
+        return Failure(code="invalid_request", message=problems)
     if isinstance(exc, _INVALID):
         return Failure(code="invalid_request", message=str(exc))
+    log.error("generation failed", exc_info=exc)
     return Failure(code="internal", message=f"{type(exc).__name__}: {exc}")
 
 
@@ -87,18 +98,21 @@ class GeneratorDeployment:
                 return
             loop = asyncio.get_running_loop()
             queue: asyncio.Queue[Any] = asyncio.Queue()
-            handle = self._pipeline.submit(
-                request, on_progress=lambda p: loop.call_soon_threadsafe(queue.put_nowait, p))
+
+            def on_progress(progress: Progress) -> None:  # on the search thread
+                loop.call_soon_threadsafe(queue.put_nowait, progress)
+
+            handle = self._pipeline.submit(request, on_progress=on_progress)
         except Exception as exc:
-            yield _failure(exc)
+            yield failure_from(exc)
             return
         handle.future.add_done_callback(
             lambda _: loop.call_soon_threadsafe(queue.put_nowait, _DONE))
         try:
             while (item := await queue.get()) is not _DONE:
                 yield item
-            exc = handle.future.exception()
-            yield handle.future.result() if exc is None else _failure(exc)
+            error = handle.future.exception()
+            yield handle.future.result() if error is None else failure_from(error)
         finally:
             if not handle.done():  # the caller went away (cancel lands at an await)
                 handle.cancel()
@@ -108,10 +122,14 @@ class GeneratorDeployment:
             request = GenerationRequest.model_validate(request)
             return await asyncio.to_thread(self._pipeline.sample, request)
         except Exception as exc:
-            return _failure(exc)
+            return failure_from(exc)
 
     async def info(self) -> dict[str, Any]:
+        """Models, load, and ``capacity``: searches the whole deployment runs at once
+        (slots per replica x most replicas), which callers size their concurrency by."""
+        s = self._settings
         return {**self._pipeline.info(), "load": self._pipeline.load(),
+                "capacity": s.batch_slots * s.max_replicas,
                 "replica": {"host": socket.gethostname(), "pid": os.getpid()}}
 
     async def check_health(self) -> None:
@@ -152,14 +170,14 @@ class GeneratorIngress:
         try:
             body = GenerationRequest.model_validate_json(await request.body())
         except ValidationError as exc:
-            return JSONResponse({"detail": exc.errors(include_url=False, include_input=False)},
-                                status_code=422)
+            failure = failure_from(exc)
+            return JSONResponse(failure.model_dump(mode="json"), status_code=failure.http_status)
         if route[1] == "/v1/sample":
             message = await self._generator.sample.remote(body)
-            status = 200 if isinstance(message, Result) else (
-                422 if message.code == "invalid_request" else 503)
+            status = 200 if isinstance(message, Result) else message.http_status
             return JSONResponse(message.model_dump(mode="json"), status_code=status)
-        stream = self._generator.options(stream=True).generate.remote(body)
+        stream = cast(DeploymentResponseGenerator[Any],
+                      self._generator.options(stream=True).generate.remote(body))
 
         async def lines() -> AsyncIterator[bytes]:
             try:
@@ -198,17 +216,16 @@ def deployment_options(settings: MLSettings) -> dict[str, Any]:
 def build_app(settings: MLSettings | None = None) -> serve.Application:
     """The Serve application: the generator, plus the private ingress when enabled."""
     settings = settings or MLSettings()
-    generator = serve.deployment(GeneratorDeployment).options(
-        **deployment_options(settings)).bind(
+    generator = serve.deployment(**deployment_options(settings))(GeneratorDeployment).bind(
             # the replicas never see the ingress secret; only the ingress holds it
             settings.model_dump(mode="json", exclude={"ingress_enabled", "ingress_secret"}))
     if not settings.ingress_enabled:
         return generator
     secret = settings.ingress_secret.get_secret_value() if settings.ingress_secret else ""
-    return serve.deployment(GeneratorIngress).options(
+    return serve.deployment(
         name="GeneratorIngress", num_replicas=1, max_ongoing_requests=1000,
         ray_actor_options={"num_cpus": 0},
-    ).bind(generator, secret)
+    )(GeneratorIngress).bind(generator, secret)
 
 
 def start_options(settings: MLSettings) -> dict[str, Any]:

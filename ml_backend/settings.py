@@ -7,6 +7,8 @@ from pathlib import Path
 from pydantic import BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+__all__ = ["MLSettings", "ModelSpec", "UnknownModelError"]
+
 
 class ModelSpec(BaseModel):
     """One servable generator: where its weights are and its default creativity."""

@@ -23,6 +23,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+__all__ = [
+    "ConfigError", "Generator", "GeneratorConfig", "MappingNetwork", "SynthesisLayer",
+    "SynthesisNetwork", "make_filter", "modulated_conv2d", "tadne_config", "to_uint8_images",
+    "upfirdn2d", "upsample2d",
+]
+
 Architecture = Literal["orig", "skip", "resnet"]
 NoiseMode = Literal["const", "random", "none"]
 
@@ -286,6 +292,8 @@ class FullyConnected(nn.Module):
 class MappingNetwork(nn.Module):
     """z -> w: normalise z, then an MLP; ``w_avg`` is the truncation centre."""
 
+    w_avg: torch.Tensor                     # [w_dim] buffer
+
     def __init__(self, *, z_dim: int, w_dim: int, num_layers: int, features: int,
                  lr_multiplier: float) -> None:
         super().__init__()
@@ -308,6 +316,8 @@ class MappingNetwork(nn.Module):
 
 class SynthesisLayer(nn.Module):
     """Modulated 3x3 conv (optionally 2x up), noise, bias, leaky ReLU."""
+
+    noise_const: torch.Tensor               # [R, R] buffer, when use_noise
 
     def __init__(self, in_channels: int, out_channels: int, *, w_dim: int, resolution: int,
                  up: int, conv_clamp: float | None, use_noise: bool) -> None:
@@ -430,6 +440,8 @@ class SynthesisBlock(nn.Module):
 
 class SynthesisNetwork(nn.Module):
     """W+ -> image."""
+
+    resample_filter: torch.Tensor           # [k, k] buffer, not saved
 
     def __init__(self, config: GeneratorConfig) -> None:
         super().__init__()

@@ -1,16 +1,11 @@
 """x2 / x4 upscaling of finished pictures: Lanczos, or an RRDBNet when one is configured.
 
 The RRDBNet follows the Real-ESRGAN anime 6B layout (``RealESRGAN_x4plus_anime_6B``:
-6 RRDB blocks, 64 features, 32 growth channels, x4), whose released ``.pth``
-stores the weights under ``params_ema``. The block count and widths are read from
-the state dict, so other RRDBNet x4 checkpoints of the same family load too.
+6 RRDB blocks, 64 features, 32 growth channels, x4); its weights are read by
+:func:`ml_backend.weights.load_rrdbnet`.
 """
 
 from __future__ import annotations
-
-import os
-import re
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -18,10 +13,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-
-class UpscalerError(Exception):
-    def __init__(self, path: str | os.PathLike[str], reason: str) -> None:
-        super().__init__(f"cannot load upscaler {path}: {reason}")
+__all__ = ["RRDBNet", "Upscaler"]
 
 
 class _DenseBlock(nn.Module):
@@ -72,28 +64,6 @@ class RRDBNet(nn.Module):
         feat = act(self.conv_up1(F.interpolate(feat, scale_factor=2, mode="nearest")))
         feat = act(self.conv_up2(F.interpolate(feat, scale_factor=2, mode="nearest")))
         return self.conv_last(act(self.conv_hr(feat)))
-
-
-def load_rrdbnet(path: str | os.PathLike[str], *, device: str | torch.device = "cpu") -> RRDBNet:
-    path = Path(path)
-    if not path.is_file():
-        raise UpscalerError(path, "no such file")
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # refused global, truncated zip, not a torch file...
-        raise UpscalerError(path, f"{type(exc).__name__}: {str(exc).splitlines()[0]}") from None
-    if isinstance(data, dict):
-        data = data.get("params_ema", data.get("params", data))
-    if not isinstance(data, dict) or "conv_first.weight" not in data:
-        raise UpscalerError(path, "no RRDBNet weights (expected 'params_ema' with conv_first.*)")
-    blocks = {int(m[1]) for k in data if (m := re.match(r"body\.(\d+)\.", k))}
-    model = RRDBNet(num_block=len(blocks), num_feat=data["conv_first.weight"].shape[0],
-                    num_grow_ch=data["body.0.rdb1.conv1.weight"].shape[0])
-    try:
-        model.load_state_dict(data, strict=True)
-    except RuntimeError as exc:
-        raise UpscalerError(path, f"weights do not fit an x4 RRDBNet: {exc}") from None
-    return model.to(device).eval().requires_grad_(False)
 
 
 class Upscaler:

@@ -1,7 +1,6 @@
 """Shared fixtures: one demo-weights pipeline per session (building it takes seconds)."""
 
 import os
-import secrets
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -9,7 +8,7 @@ import pytest
 
 from ml_backend.pipeline import Pipeline
 from ml_backend.settings import MLSettings
-from tests.servers import free_port
+from tests.servers import CLUSTER_SECRET, free_port
 
 
 @pytest.fixture(scope="session")
@@ -34,9 +33,6 @@ def ml_handle(demo_data_dir: Path):
 
     return serve.run(build_app(MLSettings(data_dir=demo_data_dir, device="cpu")),
                      name="clipgan-tests", _local_testing_mode=True)
-
-
-CLUSTER_SECRET = secrets.token_hex(32)
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,7 @@
 """Real server processes for the tests: a free port, start, wait until ready, Ctrl-C."""
 
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -9,6 +10,8 @@ import time
 from pathlib import Path
 
 import httpx
+
+CLUSTER_SECRET = secrets.token_hex(32)  # the ingress secret of the test Ray cluster
 
 
 def free_port() -> int:

@@ -11,6 +11,7 @@ from pathlib import Path
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse
+from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
 
 from web_backend import migrate
@@ -27,23 +28,24 @@ from web_backend.services import Services
 from web_backend.settings import WebSettings
 from web_backend.storage import LocalBlobStore
 
+__all__ = ["build_services", "create_app", "create_app_from_env"]
+
 log = logging.getLogger(__name__)
 STATIC_DIR = Path(__file__).parent / "static"
 
 
 def build_services(settings: WebSettings, ml_client: MLClient | None = None) -> Services:
-    engine = make_engine(settings.resolved_database_url)
+    """``ml_client``: how to reach the ML side; default: what the settings configure."""
+    engine = make_engine(settings.data.resolved_database_url)
     session_factory = make_session_factory(engine)
     return Services(
         settings=settings, engine=engine, session_factory=session_factory,
         metrics=Metrics(session_factory),
         write_session_factory=make_session_factory(engine, writes=True),
-        signing_key=settings.signing_key(), limiter=RateLimiter(settings.redis_url),
-        storage=LocalBlobStore(settings.data_dir / "blobs"),
-        ml=ml_client if ml_client is not None else ml_client_from_settings(
-            settings.ml_transport, ray_address=settings.ray_address,
-            app_name=settings.ml_app_name, url=settings.ml_url,
-            secret=settings.ml_secret.get_secret_value() if settings.ml_secret else None),
+        signing_key=settings.signing_key(), limiter=RateLimiter(settings.data.redis_url),
+        storage=LocalBlobStore(settings.data.dir / "blobs"),
+        ml=ml_client if ml_client is not None else ml_client_from_settings(settings.ml),
+        ml_capacity=settings.ml.slots,
     )
 
 
@@ -53,16 +55,23 @@ def _report_dispatcher_exit(task: asyncio.Task[None]) -> None:
                      exc_info=task.exception())
 
 
+def _summaries_from_docstrings(app: FastAPI) -> None:
+    """Each route's one-line docstring is its OpenAPI summary (what SDKs and /docs show)."""
+    for route in app.routes:
+        if isinstance(route, APIRoute) and route.summary is None and route.description:
+            route.summary = route.description.strip().splitlines()[0].rstrip(".")
+
+
 def create_app(settings: WebSettings | None = None, *, ml_client: MLClient | None = None,
                migrate_sqlite: bool = True) -> FastAPI:
-    """``ml_client``: how to reach the ML side (none: jobs queue up, readiness says so).
+    """The whole web backend for ``settings`` (default: from the environment).
 
     SQLite databases are migrated at start so ``make run`` needs no extra step;
     PostgreSQL is migrated explicitly (``clipgan db upgrade``), once per deploy, never
     by several workers racing each other.
     """
     settings = settings or WebSettings()
-    url = settings.resolved_database_url
+    url = settings.data.resolved_database_url
     if migrate_sqlite and url.startswith("sqlite"):
         migrate.upgrade(url)
     services = build_services(settings, ml_client)
@@ -71,10 +80,8 @@ def create_app(settings: WebSettings | None = None, *, ml_client: MLClient | Non
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         """Run the dispatcher beside the API when there is an ML side to send jobs to."""
         task = None
-        if settings.dispatcher_enabled and not isinstance(services.ml, NoMLClient):
-            app.state.dispatcher = Dispatcher(services, services.ml,
-                                              capacity=settings.ml_slots,
-                                              policy=settings.dispatch_policy())
+        if settings.dispatch.enabled and not isinstance(services.ml, NoMLClient):
+            app.state.dispatcher = Dispatcher(services, services.ml)
             task = asyncio.create_task(app.state.dispatcher.run(), name="dispatcher")
             task.add_done_callback(_report_dispatcher_exit)
         try:
@@ -90,12 +97,13 @@ def create_app(settings: WebSettings | None = None, *, ml_client: MLClient | Non
     app.state.services = services
     app.state.dispatcher = None
     install_error_handlers(app)
-    if settings.cors_origins:
-        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins,
+    if settings.http.cors_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=settings.http.cors_origins,
                            allow_methods=["GET", "POST", "PUT", "DELETE"],
                            allow_headers=["Authorization", "Content-Type", "Idempotency-Key"])
     for module in (system, auth, users, jobs, samples, admin):
         app.include_router(module.router)
+    _summaries_from_docstrings(app)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
     @app.get("/", include_in_schema=False)
@@ -104,7 +112,7 @@ def create_app(settings: WebSettings | None = None, *, ml_client: MLClient | Non
         return FileResponse(STATIC_DIR / "index.html")
 
     # below the 40 threadpool threads and the 50 pooled connections (see middleware.py)
-    app.add_middleware(ConcurrencyLimit, limit=settings.max_concurrent_requests,
+    app.add_middleware(ConcurrencyLimit, limit=settings.http.max_concurrent_requests,
                        exempt_suffixes=("/events", "/healthz"))
     app.add_middleware(RequestIdMiddleware)  # outermost: ids even on refused requests
     return app

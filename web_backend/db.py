@@ -7,6 +7,8 @@ from typing import Any
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
+__all__ = ["WRITE_OPTION", "make_engine", "make_session_factory"]
+
 # Sync routes run on FastAPI's threadpool (40 threads); the pool must cover all of them,
 # or requests queue for a connection. A wait that still times out answers 503.
 POOL = dict(pool_size=10, max_overflow=40, pool_timeout=10)

@@ -2,26 +2,30 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import Annotated
+from collections.abc import Callable, Iterator
+from typing import Annotated, Any
 
-from fastapi import Depends, HTTPException, Path, Request
+from fastapi import Depends, Path, Request
 from fastapi.security import OAuth2PasswordBearer
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from web_backend.errors import Forbidden, NotFound, Unauthorized
 from web_backend.models import AuthSession, Job, User
 from web_backend.security import TokenError, decode_access_token, verify_link
 from web_backend.services import Services
 from web_backend.settings import WebSettings
 
-oauth2_scheme = OAuth2PasswordBearer(tokenUrl="/v1/auth/token", auto_error=False)
+__all__ = ["AdminUser", "ClientAddress", "CurrentLogin", "CurrentUser", "JobId", "OwnedJob",
+           "ServicesDep", "SessionDep", "SettingsDep", "job_by_token_or_link",
+           "limit_per_address"]
 
-_UNAUTHORIZED = {"WWW-Authenticate": "Bearer"}
+oauth2_scheme = OAuth2PasswordBearer(tokenUrl="/v1/auth/token", auto_error=False)
 
 
 def get_services(request: Request) -> Services:
-    return request.app.state.services
+    services: Services = request.app.state.services
+    return services
 
 
 ServicesDep = Annotated[Services, Depends(get_services)]
@@ -32,6 +36,29 @@ def get_settings(services: ServicesDep) -> WebSettings:
 
 
 SettingsDep = Annotated[WebSettings, Depends(get_settings)]
+
+
+def client_address(request: Request) -> str:
+    """The client's address, as the server saw it (trusted proxies already applied)."""
+    return request.client.host if request.client else "unknown"
+
+
+ClientAddress = Annotated[str, Depends(client_address)]
+
+
+def limit_per_address(name: str, limit: Callable[[WebSettings], int], *, per: str,
+                      message: str) -> Any:
+    """A dependency that counts one event per call for the client's address.
+
+    ``message`` may use ``{limit}`` and ``{retry}`` (seconds until the next event fits).
+    """
+    def dependency(services: ServicesDep, address: ClientAddress) -> None:
+        allowed = limit(services.settings)
+        rate = services.limiter.hit(name, address, limit=allowed, per=per)
+        if not rate.allowed:
+            raise rate.refusal(message.format(limit=allowed, retry=rate.reset_after_s))
+
+    return Depends(dependency)
 
 
 _MUTATING = {"POST", "PUT", "PATCH", "DELETE"}
@@ -58,22 +85,20 @@ SessionDep = Annotated[Session, Depends(get_session)]
 def _user_from_token(token: str | None, services: Services, session: Session,
                      ) -> tuple[User, AuthSession]:
     if not token:
-        raise HTTPException(401, "not signed in: send 'Authorization: Bearer <access token>'",
-                            headers=_UNAUTHORIZED)
+        raise Unauthorized("not signed in: send 'Authorization: Bearer <access token>'")
     try:
         claims = decode_access_token(services.signing_key, token)
     except TokenError:
-        raise HTTPException(401, "invalid or expired access token; sign in again or refresh",
-                            headers=_UNAUTHORIZED) from None
+        raise Unauthorized("invalid or expired access token; sign in again or refresh") from None
     row = session.execute(
         select(User, AuthSession).join(AuthSession, AuthSession.user_id == User.id)
         .where(User.id == claims.user_id, AuthSession.id == claims.session_id)
     ).first()
-    if row is None or row[1].revoked_at is not None:
-        raise HTTPException(401, "this session has ended; sign in again", headers=_UNAUTHORIZED)
-    if not row[0].is_active:
-        raise HTTPException(401, "this account is disabled", headers=_UNAUTHORIZED)
     session.commit()  # see get_session: never return from a dependency inside a transaction
+    if row is None or row[1].revoked_at is not None:
+        raise Unauthorized("this session has ended; sign in again")
+    if not row[0].is_active:
+        raise Unauthorized("this account is disabled")
     return row[0], row[1]
 
 
@@ -94,7 +119,7 @@ CurrentUser = Annotated[User, Depends(get_current_user)]
 
 def get_admin(user: CurrentUser) -> User:
     if not user.is_admin:
-        raise HTTPException(403, "administrators only")
+        raise Forbidden("administrators only")
     return user
 
 
@@ -104,19 +129,23 @@ AdminUser = Annotated[User, Depends(get_admin)]
 JobId = Annotated[str, Path(min_length=1, max_length=64, description="A job's id.")]
 
 
-def get_owned_job(job_id: JobId, user: CurrentUser, session: SessionDep) -> Job:
+def _owned(job_id: str, user: User, session: Session) -> Job:
     """Another user's job answers exactly like a missing one: 404."""
     job = session.get(Job, job_id)
     session.commit()  # see get_session
     if job is None or job.user_id != user.id:
-        raise HTTPException(404, f"no job {job_id}")
+        raise NotFound(f"no job {job_id}")
     return job
+
+
+def get_owned_job(job_id: JobId, user: CurrentUser, session: SessionDep) -> Job:
+    return _owned(job_id, user, session)
 
 
 OwnedJob = Annotated[Job, Depends(get_owned_job)]
 
 
-def job_by_token_or_link(kind: str):
+def job_by_token_or_link(kind: str) -> Any:
     """Owner's bearer token, or a signed link (``?exp=&sig=``) for <img> tags and sharing."""
 
     def dependency(job_id: JobId, services: ServicesDep, session: SessionDep,
@@ -124,13 +153,13 @@ def job_by_token_or_link(kind: str):
                    exp: int | None = None, sig: str | None = None) -> Job:
         if sig is not None and exp is not None:
             if not verify_link(services.signing_key, job_id, kind, exp, sig):
-                raise HTTPException(403, "this link is invalid or has expired")
+                raise Forbidden("this link is invalid or has expired")
             job = session.get(Job, job_id)
             session.commit()
             if job is None:
-                raise HTTPException(404, f"no job {job_id}")
+                raise NotFound(f"no job {job_id}")
             return job
         user, _ = _user_from_token(token, services, session)
-        return get_owned_job(job_id, user, session)
+        return _owned(job_id, user, session)
 
-    return dependency
+    return Depends(dependency)

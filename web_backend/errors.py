@@ -1,10 +1,15 @@
-"""Every error is JSON ``{"detail": ...}`` saying what to fix; nothing leaks a trace or input."""
+"""Every error is JSON ``{"detail": ...}`` saying what to fix; nothing leaks a trace or input.
+
+The service's own refusals are :class:`ServiceError` subclasses, raised by the
+domain modules (accounts, jobs) without knowing about HTTP frameworks, so the CLI can
+catch the same errors and print their message.
+"""
 
 from __future__ import annotations
 
 import logging
 import uuid
-from typing import Any
+from typing import Any, ClassVar
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -16,7 +21,74 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 
+__all__ = ["BadRequest", "Conflict", "Forbidden", "NotFound", "PayloadTooLarge",
+           "ServiceError", "ServiceUnavailable", "TooManyRequests", "Unauthorized",
+           "Unprocessable", "UnsupportedMediaType", "install_error_handlers",
+           "validation_detail"]
+
 log = logging.getLogger(__name__)
+
+
+class ServiceError(Exception):
+    """A refusal with the status and the sentence a client needs to fix its request."""
+
+    status_code: ClassVar[int] = 400
+
+    def __init__(self, detail: Any, *, headers: dict[str, str] | None = None) -> None:
+        super().__init__(detail if isinstance(detail, str) else repr(detail))
+        self.detail = detail
+        self.headers = headers
+
+
+class BadRequest(ServiceError):
+    status_code = 400
+
+
+class Unauthorized(ServiceError):
+    status_code = 401
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail, headers={"WWW-Authenticate": "Bearer"})
+
+
+class Forbidden(ServiceError):
+    status_code = 403
+
+
+class NotFound(ServiceError):
+    status_code = 404
+
+
+class Conflict(ServiceError):
+    status_code = 409
+
+
+class PayloadTooLarge(ServiceError):
+    status_code = 413
+
+
+class UnsupportedMediaType(ServiceError):
+    status_code = 415
+
+
+class Unprocessable(ServiceError):
+    status_code = 422
+
+
+class TooManyRequests(ServiceError):
+    status_code = 429
+
+    def __init__(self, detail: str, *, retry_after_s: int,
+                 headers: dict[str, str] | None = None) -> None:
+        super().__init__(detail, headers={**(headers or {}),
+                                          "Retry-After": str(max(1, retry_after_s))})
+
+
+class ServiceUnavailable(ServiceError):
+    status_code = 503
+
+    def __init__(self, detail: str, *, retry_after_s: int) -> None:
+        super().__init__(detail, headers={"Retry-After": str(retry_after_s)})
 
 
 def validation_detail(exc: ValidationError | RequestValidationError) -> list[dict[str, Any]]:
@@ -26,17 +98,24 @@ def validation_detail(exc: ValidationError | RequestValidationError) -> list[dic
 
 
 def install_error_handlers(app: FastAPI) -> None:
+    def respond(request: Request, status: int, detail: Any,
+                headers: dict[str, str] | None) -> JSONResponse:
+        if status == 429:
+            request.app.state.services.metrics.rate_limited.labels(
+                limit=request.url.path).inc()
+        return JSONResponse({"detail": detail}, status_code=status, headers=headers)
+
+    @app.exception_handler(ServiceError)
+    async def _refused(request: Request, exc: ServiceError) -> JSONResponse:
+        return respond(request, exc.status_code, exc.detail, exc.headers)
+
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
         return JSONResponse({"detail": validation_detail(exc)}, status_code=422)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        if exc.status_code == 429:
-            request.app.state.services.metrics.rate_limited.labels(
-                limit=request.url.path).inc()
-        return JSONResponse({"detail": exc.detail}, status_code=exc.status_code,
-                            headers=getattr(exc, "headers", None))
+        return respond(request, exc.status_code, exc.detail, getattr(exc, "headers", None))
 
     @app.exception_handler(PoolTimeout)
     @app.exception_handler(OperationalError)

@@ -16,6 +16,11 @@ import uuid
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+__all__ = [
+    "JsonFormatter", "RequestIdFilter", "RequestIdMiddleware", "configure_logging",
+    "request_id",
+]
+
 request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
 _VALID_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 access_log = logging.getLogger("clipgan.access")

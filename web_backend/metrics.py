@@ -11,7 +11,9 @@ from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from web_backend.models import JOB_STATUSES, Job
+from web_backend.models import Job, JobStatus
+
+__all__ = ["Metrics"]
 
 
 class JobsCollector(Collector):
@@ -23,11 +25,11 @@ class JobsCollector(Collector):
         with self.session_factory() as session:
             counts = dict(session.execute(
                 select(Job.status, func.count()).group_by(Job.status)).all())
-        for status in JOB_STATUSES:
-            by_status.add_metric([status], counts.get(status, 0))
+        for status in JobStatus:
+            by_status.add_metric([status.value], counts.get(status, 0))
         yield by_status
         yield GaugeMetricFamily("clipgan_queue_depth", "Jobs waiting to start.",
-                                value=counts.get("queued", 0))
+                                value=counts.get(JobStatus.queued, 0))
 
 
 class Metrics:

@@ -13,6 +13,8 @@ import asyncio
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+__all__ = ["ConcurrencyLimit"]
+
 
 class ConcurrencyLimit:
     def __init__(self, app: ASGIApp, *, limit: int, exempt_suffixes: tuple[str, ...] = ()

@@ -9,6 +9,8 @@ from alembic.config import Config
 
 import migrations
 
+__all__ = ["alembic_config", "current", "downgrade", "upgrade"]
+
 
 def alembic_config(url: str) -> Config:
     config = Config()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import (
@@ -11,6 +12,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     DateTime,
+    Enum,
     Float,
     ForeignKey,
     Index,
@@ -30,8 +32,25 @@ NAMING_CONVENTION = {  # stable constraint names, so migrations can drop them on
     "pk": "pk_%(table_name)s",
 }
 
-JOB_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
-ACTIVE_STATUSES = ("queued", "running")
+__all__ = ["AuthSession", "Base", "Job", "JobStatus", "RefreshToken", "User", "utcnow"]
+
+
+class JobStatus(StrEnum):
+    """Where a job is. Only :mod:`web_backend.queue` moves a job between them."""
+
+    queued = "queued"          # waiting for a dispatcher (maybe until available_at)
+    running = "running"        # claimed under a lease; the ML side is working on it
+    succeeded = "succeeded"    # its picture is stored (result_key)
+    failed = "failed"          # with a reason in error
+    cancelled = "cancelled"    # by its owner
+
+    @property
+    def active(self) -> bool:
+        return self in (JobStatus.queued, JobStatus.running)
+
+    @property
+    def terminal(self) -> bool:
+        return not self.active
 
 
 def utcnow() -> datetime:
@@ -100,7 +119,10 @@ class Job(Base):
     id: Mapped[str] = mapped_column(String(36), primary_key=True,
                                     default=lambda: str(uuid.uuid4()))
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
-    status: Mapped[str] = mapped_column(String(16), default="queued")
+    status: Mapped[JobStatus] = mapped_column(
+        Enum(JobStatus, native_enum=False, create_constraint=False, length=16,
+             values_callable=lambda statuses: [s.value for s in statuses]),
+        default=JobStatus.queued)
     request: Mapped[dict[str, Any]] = mapped_column(JSON)   # GenerationRequest, no image bytes
     image_prompt_key: Mapped[str | None] = mapped_column(String(80), nullable=True)
     idempotency_key: Mapped[str | None] = mapped_column(String(128), nullable=True)

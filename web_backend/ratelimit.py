@@ -10,6 +10,10 @@ from limits import RateLimitItemPerDay, RateLimitItemPerHour, RateLimitItemPerMi
 from limits.storage import storage_from_string
 from limits.strategies import MovingWindowRateLimiter
 
+from web_backend.errors import TooManyRequests
+
+__all__ = ["LimitResult", "RateLimiter"]
+
 
 @dataclass(frozen=True)
 class LimitResult:
@@ -19,12 +23,12 @@ class LimitResult:
     reset_after_s: int
 
     def headers(self) -> dict[str, str]:
-        headers = {"RateLimit-Limit": str(self.limit),
-                   "RateLimit-Remaining": str(self.remaining),
-                   "RateLimit-Reset": str(self.reset_after_s)}
-        if not self.allowed:
-            headers["Retry-After"] = str(max(1, self.reset_after_s))
-        return headers
+        return {"RateLimit-Limit": str(self.limit), "RateLimit-Remaining": str(self.remaining),
+                "RateLimit-Reset": str(self.reset_after_s)}
+
+    def refusal(self, detail: str) -> TooManyRequests:
+        """The 429 to raise when this hit was not allowed."""
+        return TooManyRequests(detail, retry_after_s=self.reset_after_s, headers=self.headers())
 
 
 _PERIODS = {"minute": RateLimitItemPerMinute, "hour": RateLimitItemPerHour,

@@ -7,6 +7,13 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
+from web_backend.models import JobStatus
+
+__all__ = [
+    "Detail", "JobOut", "JobPage", "Limits", "LimitsUpdate", "PasswordChange", "Progress",
+    "RefreshRequest", "TokenPair", "UTCDatetime", "UserCreate", "UserDetail", "UserOut",
+]
+
 
 def _as_utc(value: datetime | None) -> datetime | None:
     """SQLite hands back naive datetimes; everything we store is UTC."""
@@ -88,7 +95,7 @@ class Progress(BaseModel):
 
 class JobOut(BaseModel):
     id: str
-    status: str
+    status: JobStatus
     created_at: UTCDatetime
     started_at: UTCDatetime | None
     finished_at: UTCDatetime | None

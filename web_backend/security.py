@@ -20,6 +20,12 @@ from typing import Any
 from jose import JWTError, jwt
 from pwdlib import PasswordHash
 
+__all__ = [
+    "AccessClaims", "TokenError", "create_access_token", "decode_access_token",
+    "hash_password", "hash_refresh_token", "new_refresh_token", "sign_link", "verify_link",
+    "verify_password",
+]
+
 ALGORITHM = "HS256"
 ACCESS_TYPE = "access"
 _password_hash = PasswordHash.recommended()  # argon2id; stateless, safe to share

@@ -14,6 +14,8 @@ from web_backend.ratelimit import RateLimiter
 from web_backend.settings import WebSettings
 from web_backend.storage import BlobStore
 
+__all__ = ["Services"]
+
 
 @dataclass
 class Services:
@@ -26,5 +28,6 @@ class Services:
     storage: BlobStore
     ml: MLClient
     metrics: Metrics
+    ml_capacity: int                              # jobs the ML side runs at once (ETAs, dispatch)
     sample_cache: OrderedDict[tuple[str, int, float | None], bytes] = field(
         default_factory=OrderedDict)  # (model, seed, psi) -> PNG; small LRU per process

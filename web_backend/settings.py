@@ -1,4 +1,10 @@
-"""Web backend settings (``CLIPGAN_*`` environment variables or ``.env``).
+"""Web backend settings, in groups, read from ``CLIPGAN_*`` environment variables or ``.env``.
+
+Each group is its own settings class, so a command that needs one group (``clipgan
+db`` needs only :class:`DataSettings`) reads only that group and cannot be refused
+for a setting it does not use. Every field names its environment variable
+explicitly: the attribute is short (``settings.dispatch.lease_s``), the variable is
+the one operators already set (``CLIPGAN_JOB_LEASE_S``), and errors name the variable.
 
 Unsafe defaults are refused: outside ``CLIPGAN_ENV=dev`` the service will not start
 without a real secret key. In dev, a random key is made once and kept in the data
@@ -9,10 +15,16 @@ from __future__ import annotations
 
 import secrets
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = [
+    "AuthSettings", "DataSettings", "DispatchSettings", "HttpSettings",
+    "InsecureSettingsError", "LimitSettings", "MLClientSettings", "SampleSettings",
+    "WebSettings",
+]
 
 MIN_SECRET_LENGTH = 32
 _KNOWN_DEFAULTS = {"changeme", "secret", "change-me", "dev", "development"}
@@ -22,59 +34,136 @@ class InsecureSettingsError(ValueError):
     pass
 
 
-class DatabaseSettings(BaseSettings):
-    """Just where the data lives: enough for ``clipgan db`` and ``clipgan users``, which
-    sign nothing and so must work without the secret key (next to a running server)."""
+def var(variable: str, default: Any = ..., **kwargs: Any) -> Any:
+    """A field read from ``CLIPGAN_<variable>`` (and settable by its attribute name)."""
+    return Field(default, validation_alias=f"CLIPGAN_{variable}", **kwargs)
 
-    model_config = SettingsConfigDict(env_prefix="CLIPGAN_", env_file=".env", extra="ignore")
 
-    data_dir: Path = Field(Path("data"), description="SQLite file, results, dev key.")
-    database_url: str | None = Field(None, description=(
-        "SQLAlchemy URL, e.g. postgresql+psycopg://user@host/db; default SQLite in data_dir."))
+def var_list(variable: str, factory: Any, **kwargs: Any) -> Any:
+    return Field(default_factory=factory, validation_alias=f"CLIPGAN_{variable}", **kwargs)
+
+
+class _Group(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="CLIPGAN_", env_file=".env", extra="ignore",
+                                      populate_by_name=True)
+
+
+class DataSettings(_Group):
+    """Where data lives: enough for ``clipgan db`` and ``clipgan users``, which sign
+    nothing and so must work without the secret key (next to a running server)."""
+
+    dir: Path = var("DATA_DIR", Path("data"), description="SQLite file, results, dev key.")
+    database_url: str | None = var("DATABASE_URL", None, description=(
+        "SQLAlchemy URL, e.g. postgresql+psycopg://user@host/db; default SQLite in the data "
+        "directory."))
+    redis_url: str | None = var("REDIS_URL", None, description=(
+        "Redis shared by every web worker (rate limits); default: in-process memory."))
 
     @property
     def resolved_database_url(self) -> str:
-        return self.database_url or f"sqlite:///{(self.data_dir / 'clipgan.db').resolve()}"
+        return self.database_url or f"sqlite:///{(self.dir / 'clipgan.db').resolve()}"
 
 
-class WebSettings(DatabaseSettings):
-    env: Literal["dev", "prod"] = Field("prod", description="'dev' allows a generated key.")
-    secret_key: SecretStr | None = Field(None, description=(
-        f"Signs tokens and image links; >= {MIN_SECRET_LENGTH} characters outside dev."))
-    redis_url: str | None = Field(None, description=(
-        "Redis for rate limits shared by every worker; default: in-process memory."))
-    cors_origins: list[str] = Field(default_factory=list, description=(
+class AuthSettings(_Group):
+    """Tokens, signed links, and the per-address limits on signing in and signing up."""
+
+    access_token_ttl_s: int = var("ACCESS_TOKEN_TTL_S", 900, ge=60, le=86400)
+    refresh_token_ttl_s: int = var("REFRESH_TOKEN_TTL_S", 30 * 86400, ge=3600)
+    signed_url_ttl_s: int = var("SIGNED_URL_TTL_S", 3600, ge=60, description=(
+        "Lifetime of shareable image and event links."))
+    login_attempts_per_minute: int = var("LOGIN_ATTEMPTS_PER_MINUTE", 10, ge=1,
+                                         description="Per client address.")
+    registrations_per_hour: int = var("REGISTRATIONS_PER_HOUR", 20, ge=1,
+                                      description="Per client address.")
+
+
+class LimitSettings(_Group):
+    """Default per-user job limits; administrators override them per user."""
+
+    submissions_per_minute: int = var("SUBMISSIONS_PER_MINUTE", 10, ge=1)
+    max_active_jobs: int = var("MAX_ACTIVE_JOBS", 3, ge=1)
+    daily_images: int = var("DAILY_IMAGES", 200, ge=1)
+
+
+class HttpSettings(_Group):
+    """How the HTTP server admits and answers requests."""
+
+    cors_origins: list[str] = var_list("CORS_ORIGINS", list, description=(
         "Origins allowed to call the API from a browser; default same-origin only."))
-    access_token_ttl_s: int = Field(900, ge=60, le=86400)
-    refresh_token_ttl_s: int = Field(30 * 86400, ge=3600)
-    signed_url_ttl_s: int = Field(3600, ge=60, description="Lifetime of shareable image links.")
-    # default per-user limits (admins can override per user)
-    submissions_per_minute: int = Field(10, ge=1)
-    max_active_jobs: int = Field(3, ge=1)
-    daily_images: int = Field(200, ge=1)
-    login_attempts_per_minute: int = Field(10, ge=1, description="Per client IP.")
-    registrations_per_hour: int = Field(20, ge=1, description="Per client IP.")
-    samples_per_minute: int = Field(30, ge=1, description="Instant samples per client address.")
-    sample_cache_size: int = Field(512, ge=0, description="Instant samples kept in memory.")
-    default_job_seconds: float = Field(30.0, gt=0, description=(
-        "ETA guess before any job has finished."))
-    ml_slots: int = Field(8, ge=1, description="Jobs the ML side runs at once (for ETAs).")
-    max_concurrent_requests: int = Field(32, ge=1, le=40, description=(
+    max_concurrent_requests: int = var("MAX_CONCURRENT_REQUESTS", 32, ge=1, le=40, description=(
         "Requests in progress per worker; more wait their turn (SSE streams excepted)."))
-    dispatcher_enabled: bool = Field(True, description=(
+
+
+class SampleSettings(_Group):
+    """Instant samples (``GET /v1/sample.png``)."""
+
+    per_minute: int = var("SAMPLES_PER_MINUTE", 30, ge=1, description=(
+        "Instant samples per client address."))
+    cache_size: int = var("SAMPLE_CACHE_SIZE", 512, ge=0, description=(
+        "Instant samples kept in memory."))
+
+
+class DispatchSettings(_Group):
+    """How queued jobs are run: leases, attempts, time limits."""
+
+    enabled: bool = var("DISPATCHER_ENABLED", True, description=(
         "Run queued jobs from this web process (off: run `clipgan dispatcher` separately)."))
-    job_max_attempts: int = Field(3, ge=1, le=20, description="Tries for failures that pass.")
-    job_timeout_s: float = Field(1800.0, gt=0, description="Time limit of one attempt.")
-    job_lease_s: float = Field(30.0, ge=2, description=(
+    max_attempts: int = var("JOB_MAX_ATTEMPTS", 3, ge=1, le=20, description=(
+        "Tries for failures that may pass."))
+    timeout_s: float = var("JOB_TIMEOUT_S", 1800.0, gt=0, description="Time limit of one try.")
+    lease_s: float = var("JOB_LEASE_S", 30.0, ge=2, description=(
         "A dispatcher that stops renewing loses its job after this long."))
-    retry_backoff_s: list[float] = Field(default_factory=lambda: [2.0, 10.0, 30.0])
-    ml_transport: Literal["none", "ray", "http"] = Field("none", description=(
-        "How to reach the ML side: 'ray' = DeploymentHandle on the Ray cluster, 'http' = "
-        "its private ingress (CLIPGAN_ML_URL + CLIPGAN_ML_SECRET)."))
-    ml_url: str | None = Field(None, description="Private ingress URL for ml_transport=http.")
-    ml_secret: SecretStr | None = Field(None, description="The ingress's shared secret.")
-    ray_address: str = Field("auto", description="Ray cluster address for ml_transport=ray.")
-    ml_app_name: str = Field("clipgan", description="Serve application name.")
+    backoff_s: list[float] = var_list("RETRY_BACKOFF_S", lambda: [2.0, 10.0, 30.0], min_length=1,
+                                      description="Waits before the 1st, 2nd... retry.")
+    progress_interval_s: float = var("PROGRESS_INTERVAL_S", 0.5, gt=0, description=(
+        "At most one progress write per job this often (previews always written)."))
+    heartbeat_s: float = var("HEARTBEAT_S", 1.0, gt=0, description=(
+        "Lease renewal and cancel check while the ML side is silent."))
+    poll_s: float = var("DISPATCH_POLL_S", 0.5, gt=0, description=(
+        "How often to look for jobs queued by other processes."))
+
+    def backoff_before(self, attempt: int) -> float:
+        """Wait before retrying after failed attempt number ``attempt`` (1-based)."""
+        return self.backoff_s[min(attempt - 1, len(self.backoff_s) - 1)]
+
+
+class MLClientSettings(_Group):
+    """How the web side reaches the ML side."""
+
+    transport: Literal["none", "ray", "http"] = var("ML_TRANSPORT", "none", description=(
+        "'ray' = DeploymentHandle on the Ray cluster, 'http' = its private ingress "
+        "(CLIPGAN_ML_URL + CLIPGAN_ML_SECRET), 'none' = jobs wait in the queue."))
+    url: str | None = var("ML_URL", None, description="Private ingress URL for transport http.")
+    secret: SecretStr | None = var("ML_SECRET", None, description="The ingress's shared secret.")
+    ray_address: str = var("RAY_ADDRESS", "auto", description="Ray cluster for transport ray.")
+    app_name: str = var("ML_APP_NAME", "clipgan", description="Serve application name.")
+    slots: int = var("ML_SLOTS", 8, ge=1, description=(
+        "Jobs the ML side runs at once, until it says (its info() reports capacity)."))
+    default_job_seconds: float = var("DEFAULT_JOB_SECONDS", 30.0, gt=0, description=(
+        "ETA guess before any job has finished."))
+
+    @model_validator(mode="after")
+    def _http_needs_an_address(self) -> MLClientSettings:
+        if self.transport == "http" and (not self.url or not self.secret):
+            raise InsecureSettingsError("CLIPGAN_ML_TRANSPORT=http needs CLIPGAN_ML_URL and "
+                                        "CLIPGAN_ML_SECRET")
+        return self
+
+
+class WebSettings(_Group):
+    """Everything the web backend reads, one group per concern."""
+
+    env: Literal["dev", "prod"] = var("ENV", "prod", description=(
+        "'dev' allows running without a secret key (a random one is kept in the data dir)."))
+    secret_key: SecretStr | None = var("SECRET_KEY", None, description=(
+        f"Signs tokens and links; >= {MIN_SECRET_LENGTH} characters outside dev."))
+    data: DataSettings = Field(default_factory=DataSettings)
+    auth: AuthSettings = Field(default_factory=AuthSettings)
+    limits: LimitSettings = Field(default_factory=LimitSettings)
+    http: HttpSettings = Field(default_factory=HttpSettings)
+    samples: SampleSettings = Field(default_factory=SampleSettings)
+    dispatch: DispatchSettings = Field(default_factory=DispatchSettings)
+    ml: MLClientSettings = Field(default_factory=MLClientSettings)
 
     @model_validator(mode="after")
     def _refuse_unsafe_secret(self) -> WebSettings:
@@ -89,25 +178,15 @@ class WebSettings(DatabaseSettings):
                 raise InsecureSettingsError(
                     f"CLIPGAN_SECRET_KEY is too short or a known default; use at least "
                     f"{MIN_SECRET_LENGTH} random characters")
-        if self.ml_transport == "http" and (not self.ml_url or not self.ml_secret):
-            raise InsecureSettingsError("CLIPGAN_ML_TRANSPORT=http needs CLIPGAN_ML_URL and "
-                                        "CLIPGAN_ML_SECRET")
         return self
-
-    def dispatch_policy(self):
-        from web_backend.dispatcher import DispatchPolicy
-
-        return DispatchPolicy(lease_s=self.job_lease_s, max_attempts=self.job_max_attempts,
-                              job_timeout_s=self.job_timeout_s,
-                              backoff_s=tuple(self.retry_backoff_s) or (2.0,))
 
     def signing_key(self) -> bytes:
         """The secret key; in dev without one, a random key kept in the data dir."""
         if self.secret_key is not None:
             return self.secret_key.get_secret_value().encode()
-        path = self.data_dir / "dev-secret-key"
+        path = self.data.dir / "dev-secret-key"
         if not path.exists():
-            self.data_dir.mkdir(parents=True, exist_ok=True)
+            self.data.dir.mkdir(parents=True, exist_ok=True)
             tmp = path.with_suffix(".tmp")
             tmp.write_text(secrets.token_hex(32))
             tmp.chmod(0o600)

@@ -12,6 +12,8 @@ from typing import Protocol
 
 from ml_backend.files import atomic_write  # stdlib only: keeps torch out of the web side
 
+__all__ = ["BlobStore", "LocalBlobStore"]
+
 
 class BlobStore(Protocol):
     def put(self, data: bytes, suffix: str = ".png") -> str: ...

@@ -42,7 +42,7 @@ def test_bad_checkpoint_gives_one_line_error_not_a_traceback(tmp_path: Path) -> 
     bogus.write_text("not weights")
     done = _run("convert", str(bogus), str(tmp_path / "out.safetensors"), data_dir=tmp_path)
     assert done.returncode == 2
-    assert "not a recognised checkpoint" in done.stderr
+    assert "not a recognised" in done.stderr
     assert "Traceback" not in done.stderr
     assert not (tmp_path / "out.safetensors").exists()
 

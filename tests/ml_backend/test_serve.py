@@ -160,9 +160,9 @@ def test_start_options_keep_the_proxy_off_by_default() -> None:
 
 
 def test_user_config_swaps_models_live(demo_data_dir: Path, tmp_path: Path) -> None:
-    from ml_backend.checkpoints import save_checkpoint
-    from ml_backend.demo_weights import build_demo_generator
     from ml_backend.serve import GeneratorDeployment
+    from ml_backend.weights import save_checkpoint
+    from ml_backend.weights.demo import build_demo_generator
 
     second = save_checkpoint(build_demo_generator(), tmp_path / "pokemon.safetensors")
     replica = GeneratorDeployment({"data_dir": str(demo_data_dir), "device": "cpu"})

@@ -7,7 +7,7 @@ import time
 import httpx
 import pytest
 
-from tests.conftest import CLUSTER_SECRET as SECRET
+from tests.servers import CLUSTER_SECRET as SECRET
 
 pytestmark = pytest.mark.slow
 

@@ -2,25 +2,19 @@
 
 from __future__ import annotations
 
-import secrets
-import time
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import psycopg
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
+from tests.infra import fresh_postgres_database, require_redis
+from tests.web_backend.helpers import SECRET, Account
 from web_backend import migrate
 from web_backend.app import create_app
 from web_backend.settings import WebSettings
-
-PG_ADMIN_DSN = "host=127.0.0.1 port=5432 user=postgres dbname=postgres"
-PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
-SECRET = secrets.token_hex(32)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -31,24 +25,28 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
         migrate.upgrade(url)
         yield url
         return
-    name = f"clipgan_test_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    url = PG_URL.format(name=name)
-    try:
+    with fresh_postgres_database() as url:
         migrate.upgrade(url)
         yield url
-    finally:
-        with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def redis_url() -> str:
+    """The local Redis (skipped without one, unless CI=true)."""
+    return require_redis()
 
 
 @pytest.fixture
 def make_settings(database_url: str, tmp_path: Path) -> Callable[..., WebSettings]:
     def build(**overrides: Any) -> WebSettings:
-        values: dict[str, Any] = dict(env="prod", secret_key=SECRET, data_dir=tmp_path,
-                                      database_url=database_url)
-        values.update(overrides)
+        """``overrides``: top-level fields, or a dict per group (``dispatch={...}``)."""
+        values: dict[str, Any] = dict(env="prod", secret_key=SECRET, data={
+            "dir": tmp_path, "database_url": database_url})
+        for name, value in overrides.items():
+            if isinstance(value, dict) and isinstance(values.get(name), dict):
+                values[name] = {**values[name], **value}
+            else:
+                values[name] = value
         return WebSettings(**values)
 
     return build
@@ -65,43 +63,6 @@ def client(app: FastAPI) -> Iterator[TestClient]:
         yield c
 
 
-class Account:
-    """A registered, signed-in user, as a test sees one."""
-
-    def __init__(self, client: TestClient, username: str, password: str = "correct horse") -> None:
-        self.client = client
-        self.username = username
-        self.password = password
-        r = client.post("/v1/users", json={"username": username, "email": f"{username}@x.io",
-                                           "password": password})
-        assert r.status_code == 201, r.text
-        self.id = r.json()["id"]
-        self.sign_in()
-
-    def sign_in(self) -> dict[str, Any]:
-        r = self.client.post("/v1/auth/token",
-                             data={"username": self.username, "password": self.password})
-        assert r.status_code == 200, r.text
-        self.tokens = r.json()
-        return self.tokens
-
-    @property
-    def auth(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.tokens['access_token']}"}
-
-    def get(self, path: str, **kw: Any):
-        return self.client.get(path, headers={**self.auth, **kw.pop("headers", {})}, **kw)
-
-    def post(self, path: str, **kw: Any):
-        return self.client.post(path, headers={**self.auth, **kw.pop("headers", {})}, **kw)
-
-    def put(self, path: str, **kw: Any):
-        return self.client.put(path, headers={**self.auth, **kw.pop("headers", {})}, **kw)
-
-    def delete(self, path: str, **kw: Any):
-        return self.client.delete(path, headers={**self.auth, **kw.pop("headers", {})}, **kw)
-
-
 @pytest.fixture
 def alice(client: TestClient) -> Account:
     return Account(client, "alice")
@@ -110,23 +71,3 @@ def alice(client: TestClient) -> Account:
 @pytest.fixture
 def bob(client: TestClient) -> Account:
     return Account(client, "bob")
-
-
-def wait_for(account: Account, job_id: str, predicate: Callable[[dict], bool],
-             timeout: float = 90) -> dict:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        job = account.get(f"/v1/jobs/{job_id}").json()
-        if predicate(job):
-            return job
-        time.sleep(0.1)
-    raise AssertionError(f"job never reached the state: {job}")
-
-
-def make_admin(app: FastAPI, account: Account) -> Account:
-    from web_backend.models import User
-
-    with app.state.services.session_factory() as session:
-        session.get(User, account.id).is_admin = True
-        session.commit()
-    return account

@@ -8,7 +8,7 @@ import pytest
 from fastapi.testclient import TestClient
 from jose import jwt
 
-from tests.web_backend.conftest import SECRET, Account, make_admin
+from tests.web_backend.helpers import SECRET, Account, make_admin
 
 
 def test_register_validates_and_refuses_duplicates(client: TestClient) -> None:

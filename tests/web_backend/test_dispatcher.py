@@ -11,17 +11,19 @@ from fastapi.testclient import TestClient
 from sqlalchemy import update
 
 from ml_backend.png import read_png_text
-from tests.web_backend.conftest import Account, make_admin, wait_for
+from tests.web_backend.helpers import Account, make_admin, wait_for
+from web_backend import queue
 from web_backend.app import create_app
-from web_backend.dispatcher import Dispatcher, DispatchPolicy, JobStore, LeaseLost
+from web_backend.dispatcher import Dispatcher
 from web_backend.ml_client import HandleMLClient, NoMLClient
-from web_backend.models import Job, utcnow
+from web_backend.models import Job, JobStatus, utcnow
+from web_backend.queue import LeaseLost
 from web_backend.settings import WebSettings
 
 
 @pytest.fixture
 def live(make_settings: Callable[..., WebSettings], ml_handle) -> Iterator[tuple[FastAPI, TestClient]]:
-    settings = make_settings(job_lease_s=5, retry_backoff_s=[0.1])
+    settings = make_settings(dispatch={"lease_s": 5, "backoff_s": [0.1]})
     app = create_app(settings, ml_client=HandleMLClient(ml_handle))
     with TestClient(app) as client:
         yield app, client
@@ -70,7 +72,8 @@ def test_invalid_requests_fail_at_once_with_the_reason(live) -> None:
 
 
 def test_time_limit_fails_the_job(make_settings, ml_handle) -> None:
-    app = create_app(make_settings(job_timeout_s=1.5), ml_client=HandleMLClient(ml_handle))
+    app = create_app(make_settings(dispatch={"timeout_s": 1.5}),
+                     ml_client=HandleMLClient(ml_handle))
     with TestClient(app) as client:
         alice = Account(client, "alice")
         job = alice.post("/v1/jobs", json={"prompt": "smile", "steps": 500}).json()
@@ -78,12 +81,17 @@ def test_time_limit_fails_the_job(make_settings, ml_handle) -> None:
         assert "time limit of 2 s exceeded" in failed["error"]
 
 
-def test_unreachable_ml_side_is_retried_then_failed(app: FastAPI, client: TestClient) -> None:
-    alice = Account(client, "alice")
-    job_id = alice.post("/v1/jobs", json={"prompt": "smile"}).json()["id"]
-    policy = DispatchPolicy(lease_s=5, max_attempts=3, backoff_s=(0.05,))
-    dispatcher = Dispatcher(app.state.services, NoMLClient(), capacity=2, policy=policy,
-                            poll_s=0.05)
+def test_unreachable_ml_side_is_retried_then_failed(make_settings) -> None:
+    app = create_app(make_settings(dispatch={"lease_s": 5, "max_attempts": 3,
+                                             "backoff_s": [0.05], "poll_s": 0.05}))
+    with TestClient(app) as client:
+        alice = Account(client, "alice")
+        job_id = alice.post("/v1/jobs", json={"prompt": "smile"}).json()["id"]
+        _run_until_failed(app, alice, job_id)
+
+
+def _run_until_failed(app: FastAPI, alice: Account, job_id: str) -> None:
+    dispatcher = Dispatcher(app.state.services, NoMLClient(), capacity=2)
 
     async def run_until_done() -> None:
         runner = asyncio.create_task(dispatcher.run())
@@ -111,16 +119,20 @@ def _queue(app: FastAPI, alice: Account, n: int) -> list[str]:
 
 def test_concurrent_claims_take_each_job_exactly_once(app: FastAPI, client: TestClient) -> None:
     ids = _queue(app, Account(client, "alice"), 24)
-    stores = [JobStore(app.state.services, f"owner-{i}", DispatchPolicy()) for i in range(4)]
+    writes = app.state.services.write_session_factory
     claimed: list[str] = []
     lock = threading.Lock()
 
-    def claim_all(store: JobStore) -> None:
-        while (claim := store.claim()) is not None:
+    def claim_all(owner: str) -> None:
+        while True:
+            with writes() as session:
+                claim = queue.claim(session, owner=owner, lease_s=30)
+            if claim is None:
+                return
             with lock:
                 claimed.append(claim.job_id)
 
-    threads = [threading.Thread(target=claim_all, args=(s,)) for s in stores]
+    threads = [threading.Thread(target=claim_all, args=(f"owner-{i}",)) for i in range(4)]
     for t in threads:
         t.start()
     for t in threads:
@@ -131,9 +143,12 @@ def test_concurrent_claims_take_each_job_exactly_once(app: FastAPI, client: Test
 def test_fencing_after_a_lease_is_taken_over(app: FastAPI, client: TestClient) -> None:
     job_id = _queue(app, Account(client, "alice"), 1)[0]
     services = app.state.services
-    policy = DispatchPolicy(lease_s=60, max_attempts=2)
-    stale, fresh = JobStore(services, "stale", policy), JobStore(services, "fresh", policy)
-    first = stale.claim()
+
+    def write(transition, *args, **kwargs):
+        with services.write_session_factory() as session:
+            return transition(session, *args, **kwargs)
+
+    first = write(queue.claim, owner="stale", lease_s=60)
 
     def expire() -> None:
         with services.write_session_factory() as session:
@@ -142,15 +157,15 @@ def test_fencing_after_a_lease_is_taken_over(app: FastAPI, client: TestClient) -
             session.commit()
 
     expire()  # the stale owner went silent past its lease
-    assert fresh.reclaim_expired() == 1
-    second = fresh.claim()
+    assert write(queue.reclaim_expired, max_attempts=2) == (1, 0)
+    second = write(queue.claim, owner="fresh", lease_s=60)
     assert second.job_id == job_id and second.token == first.token + 1
     with pytest.raises(LeaseLost):
-        stale.renew(first, progress_step=3)
+        write(queue.renew, first, lease_s=60, progress_step=3)
     with pytest.raises(LeaseLost):
-        stale.finish(first, "succeeded", result_key="0" * 64 + ".png")
+        write(queue.finish, first, status=JobStatus.succeeded, result_key="0" * 64 + ".png")
     expire()  # the second owner dies too: that was the last attempt
-    fresh.reclaim_expired()
+    assert write(queue.reclaim_expired, max_attempts=2) == (0, 1)
     with services.session_factory() as session:
         job = session.get(Job, job_id)
         assert job.status == "failed" and "stopped answering 2 times" in job.error

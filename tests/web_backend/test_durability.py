@@ -10,33 +10,25 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
-import psycopg
 import pytest
 from sqlalchemy import create_engine, text
 
+from tests.infra import fresh_postgres_database
 from tests.servers import free_port, wait_ready
 from web_backend import migrate
 
 pytestmark = pytest.mark.slow
 
-PG_ADMIN = "host=127.0.0.1 port=5432 user=postgres dbname=postgres"
-
 
 @pytest.fixture
 def pg_url() -> Iterator[str]:
-    name = f"clipgan_durable_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    url = f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
-    migrate.upgrade(url)
-    yield url
-    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with fresh_postgres_database("clipgan_durable") as url:
+        migrate.upgrade(url)
+        yield url
 
 
 class Server:

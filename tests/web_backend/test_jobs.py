@@ -9,7 +9,7 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from tests.web_backend.conftest import Account, make_admin
+from tests.web_backend.helpers import Account, make_admin
 from web_backend.models import Job, utcnow
 
 

@@ -6,8 +6,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from ml_backend.protocol import GenerationRequest, Progress, Result
-from tests.conftest import CLUSTER_SECRET
-from tests.web_backend.conftest import Account, wait_for
+from tests.servers import CLUSTER_SECRET
+from tests.web_backend.helpers import Account, wait_for
 from web_backend.app import create_app
 from web_backend.ml_client import HandleMLClient, HttpMLClient, MLUnavailable
 
@@ -41,8 +41,8 @@ def test_http_transport_with_a_wrong_secret_is_unavailable(cluster: dict) -> Non
 
 
 def test_a_job_runs_through_the_http_ingress(cluster: dict, make_settings) -> None:
-    settings = make_settings(ml_transport="http", ml_url=cluster["url"],
-                             ml_secret=CLUSTER_SECRET)
+    settings = make_settings(ml={"transport": "http", "url": cluster["url"],
+                                 "secret": CLUSTER_SECRET})
     with TestClient(create_app(settings)) as client:
         alice = Account(client, "alice")
         job = alice.post("/v1/jobs", json={"prompt": "cat ears", "steps": 4, "seed": 9}).json()
@@ -59,7 +59,7 @@ def test_killing_the_replica_mid_job_retries_and_completes(cluster: dict, make_s
     from web_backend.models import Job
 
     handle = cluster["handle"]
-    settings = make_settings(retry_backoff_s=[1.0], job_lease_s=10)
+    settings = make_settings(dispatch={"backoff_s": [1.0], "lease_s": 10})
     app = create_app(settings, ml_client=HandleMLClient(handle))
     with TestClient(app) as client:
         alice = Account(client, "alice")

@@ -14,11 +14,11 @@ from web_backend.settings import WebSettings
 _DATA = Path(__import__("tempfile").mkdtemp(prefix="clipgan-fuzz-"))
 _URL = f"sqlite:///{_DATA / 'fuzz.db'}"
 migrate.upgrade(_URL)
-_APP = create_app(WebSettings(env="prod", secret_key=secrets.token_hex(32), data_dir=_DATA,
-                              database_url=_URL, submissions_per_minute=100_000,
-                              max_active_jobs=100_000, daily_images=100_000,
-                              login_attempts_per_minute=100_000,
-                              registrations_per_hour=100_000))
+_APP = create_app(WebSettings(
+    env="prod", secret_key=secrets.token_hex(32), data={"dir": _DATA, "database_url": _URL},
+    limits={"submissions_per_minute": 100_000, "max_active_jobs": 100_000,
+            "daily_images": 100_000},
+    auth={"login_attempts_per_minute": 100_000, "registrations_per_hour": 100_000}))
 
 
 def _token() -> str:

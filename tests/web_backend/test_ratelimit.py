@@ -9,15 +9,15 @@ from web_backend.app import create_app
 from web_backend.ratelimit import RateLimiter
 from web_backend.settings import WebSettings
 
-REDIS = "redis://127.0.0.1:6379/0"
 
-
-def test_two_app_instances_share_one_limit(make_settings: Callable[..., WebSettings]) -> None:
+def test_two_app_instances_share_one_limit(make_settings: Callable[..., WebSettings],
+                                           redis_url: str) -> None:
     prefix = uuid.uuid4().hex  # this test's own keys in the shared Redis
-    settings = make_settings(redis_url=REDIS, login_attempts_per_minute=4)
+    settings = make_settings(data={"redis_url": redis_url},
+                             auth={"login_attempts_per_minute": 4})
     a, b = create_app(settings), create_app(settings)
     for app in (a, b):
-        app.state.services.limiter = RateLimiter(REDIS, prefix=prefix)
+        app.state.services.limiter = RateLimiter(redis_url, prefix=prefix)
     with TestClient(a) as one, TestClient(b) as two:
         codes = [c.post("/v1/auth/token", data={"username": "x", "password": "y"}).status_code
                  for c in (one, two, one, two, one)]
@@ -30,9 +30,9 @@ def test_memory_limits_are_per_process() -> None:
     assert b.hit("t", "ip", limit=1).allowed
 
 
-def test_redis_limiter_reports_window(make_settings: Callable[..., WebSettings]) -> None:
-    limiter = RateLimiter(REDIS, prefix=uuid.uuid4().hex)
+def test_redis_limiter_reports_window(redis_url: str) -> None:
+    limiter = RateLimiter(redis_url, prefix=uuid.uuid4().hex)
     results = [limiter.hit("submit", "42", limit=2) for _ in range(3)]
     assert [r.allowed for r in results] == [True, True, False]
-    assert results[0].remaining == 1 and results[2].headers()["Retry-After"]
+    assert results[0].remaining == 1 and results[2].refusal("no").headers["Retry-After"]
     assert limiter.ping()

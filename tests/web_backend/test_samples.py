@@ -11,7 +11,7 @@ from web_backend.settings import WebSettings
 
 def test_samples_by_name_are_stable_and_cached(make_settings: Callable[..., WebSettings],
                                                ml_handle) -> None:
-    app = create_app(make_settings(samples_per_minute=4), ml_client=HandleMLClient(ml_handle))
+    app = create_app(make_settings(samples={"per_minute": 4}), ml_client=HandleMLClient(ml_handle))
     with TestClient(app) as client:
         first = client.get("/v1/sample.png", params={"seed": "Asuka", "psi": 0.8})
         assert first.status_code == 200 and first.headers["content-type"] == "image/png"

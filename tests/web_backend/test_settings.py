@@ -22,12 +22,12 @@ def test_production_refuses_missing_or_weak_secrets(secret, message: str,
 
 
 def test_dev_generates_and_keeps_a_key(tmp_path: Path) -> None:
-    first = WebSettings(env="dev", data_dir=tmp_path).signing_key()
-    again = WebSettings(env="dev", data_dir=tmp_path).signing_key()
+    first = WebSettings(env="dev", data={"dir": tmp_path}).signing_key()
+    again = WebSettings(env="dev", data={"dir": tmp_path}).signing_key()
     assert first == again and len(first) >= 32
     assert (tmp_path / "dev-secret-key").stat().st_mode & 0o077 == 0
 
 
 def test_default_database_is_sqlite_in_the_data_dir(tmp_path: Path) -> None:
-    url = WebSettings(env="dev", data_dir=tmp_path).resolved_database_url
+    url = WebSettings(env="dev", data={"dir": tmp_path}).data.resolved_database_url
     assert url == f"sqlite:///{tmp_path.resolve() / 'clipgan.db'}"

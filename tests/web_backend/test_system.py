@@ -22,8 +22,8 @@ def test_readyz_reports_each_dependency(client: TestClient) -> None:
 
 
 def test_ready_and_models_with_the_ml_side(make_settings: Callable[..., WebSettings],
-                                           ml_handle) -> None:
-    app = create_app(make_settings(redis_url="redis://127.0.0.1:6379/0"),
+                                           ml_handle, redis_url: str) -> None:
+    app = create_app(make_settings(data={"redis_url": redis_url}),
                      ml_client=HandleMLClient(ml_handle))
     with TestClient(app) as client:
         r = client.get("/readyz")
@@ -41,7 +41,7 @@ def test_models_without_ml_side_is_503_with_retry(client: TestClient) -> None:
 
 def test_readyz_fails_when_the_database_is_gone(make_settings: Callable[..., WebSettings],
                                                 tmp_path: Path) -> None:
-    broken = make_settings(database_url="postgresql+psycopg://postgres@127.0.0.1:1/nowhere")
+    broken = make_settings(data={"database_url": "postgresql+psycopg://postgres@127.0.0.1:1/x"})
     with TestClient(create_app(broken)) as client:
         r = client.get("/readyz")
         assert r.status_code == 503 and r.json()["checks"]["database"].startswith("unreachable")
@@ -58,7 +58,7 @@ def test_cors_is_same_origin_unless_configured(make_settings: Callable[..., WebS
     with TestClient(create_app(make_settings())) as closed:
         r = closed.options("/v1/jobs", headers=preflight)
         assert "access-control-allow-origin" not in r.headers
-    allowed = make_settings(cors_origins=["https://anime.example"])
+    allowed = make_settings(http={"cors_origins": ["https://anime.example"]})
     with TestClient(create_app(allowed)) as open_:
         r = open_.options("/v1/jobs", headers=preflight)
         assert r.headers["access-control-allow-origin"] == "https://anime.example"

@@ -4,21 +4,24 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, HTTPException
+from fastapi import APIRouter
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 
 from web_backend.deps import ServicesDep
+from web_backend.errors import ServiceUnavailable
 from web_backend.ml_client import MLUnavailable
+
+__all__ = ["router"]
 
 router = APIRouter(tags=["system"])
 
 
 @router.get("/healthz")
 def healthz() -> dict[str, str]:
-    """The process answers (no dependencies checked)."""
+    """Liveness: the process answers (no dependencies checked)."""
     return {"status": "ok"}
 
 
@@ -33,7 +36,7 @@ def _database_ok(services: ServicesDep) -> str:
 
 @router.get("/readyz", responses={503: {"description": "a dependency is down"}})
 async def readyz(services: ServicesDep) -> JSONResponse:
-    """Database and ML side reachable (and Redis, when rate limits use it)."""
+    """Readiness: database and ML side reachable (and Redis, when configured)."""
     checks: dict[str, str] = {"database": await run_in_threadpool(_database_ok, services)}
     try:
         await services.ml.info()
@@ -56,9 +59,9 @@ async def models(services: ServicesDep) -> dict[str, Any]:
     try:
         info = await services.ml.info()
     except MLUnavailable as exc:
-        raise HTTPException(503, f"the image service is not reachable right now ({exc}); "
-                                 "jobs are still accepted and wait in the queue",
-                            headers={"Retry-After": "30"}) from None
+        raise ServiceUnavailable(f"the image service is not reachable right now ({exc}); jobs "
+                                 "are still accepted and wait in the queue",
+                                 retry_after_s=30) from None
     return {"models": info.get("models", {}), "upscaler": info.get("upscaler")}
 
 

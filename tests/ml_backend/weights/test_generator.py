@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from ml_backend.checkpoints import (
+from ml_backend.weights import (
     CheckpointError,
     build_generator,
     convert_checkpoint,
@@ -143,7 +143,7 @@ def test_directory_is_not_a_checkpoint(tmp_path: Path) -> None:
 def test_not_a_checkpoint(tmp_path: Path, content: bytes) -> None:
     path = tmp_path / "model.pt"
     path.write_bytes(content)
-    with pytest.raises(CheckpointError, match=r"model\.pt: not a recognised checkpoint"):
+    with pytest.raises(CheckpointError, match=r"model\.pt: not a recognised"):
         read_checkpoint(path)
 
 

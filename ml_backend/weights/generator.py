@@ -1,9 +1,9 @@
-"""Generator checkpoint readers and our own on-disk format.
+"""Generator checkpoints: the readers, and our own on-disk format.
 
 Three sources, one result (:class:`GeneratorCheckpoint`: config + flat state dict):
 
 * NVIDIA stylegan2-ada-pytorch / stylegan3 network pickles (``.pkl``): read with
-  the allow-list unpickler in :mod:`ml_backend.safe_pickle`; architecture from the
+  the allow-list unpickler in :mod:`ml_backend.weights.safe_pickle`; architecture from the
   stored init kwargs of ``G_ema``.
 * rosinality stylegan2-pytorch ``.pt`` (``{"g_ema", "latent_avg"}``): read with
   ``torch.load(weights_only=True)``; architecture inferred from tensor shapes, so
@@ -11,8 +11,9 @@ Three sources, one result (:class:`GeneratorCheckpoint`: config + flat state dic
 * clipgan ``.safetensors``: the weights plus the JSON config in the header
   metadata, so one file always carries the architecture that matches it.
 
-The format is sniffed from the file's first bytes, never trusted from its name.
-Every problem surfaces as one :class:`CheckpointError` naming the file and why.
+The format is sniffed from the file's first bytes (:mod:`ml_backend.weights.formats`),
+never trusted from its name. Every problem surfaces as one :class:`CheckpointError`
+naming the file and why.
 """
 
 from __future__ import annotations
@@ -33,8 +34,12 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as safetensors_save
 
 from ml_backend.files import atomic_write
-from ml_backend.safe_pickle import PersistedModule, safe_load
 from ml_backend.stylegan2 import ConfigError, Generator, GeneratorConfig, make_filter
+from ml_backend.weights.formats import CheckpointError, load_torch, sniff
+from ml_backend.weights.safe_pickle import PersistedModule, safe_load
+
+__all__ = ["GeneratorCheckpoint", "build_generator", "convert_checkpoint", "describe",
+           "load_generator", "read_checkpoint", "save_checkpoint"]
 
 log = logging.getLogger(__name__)
 
@@ -43,16 +48,6 @@ SourceFormat = Literal["nvidia-pkl", "rosinality-pt", "clipgan-safetensors"]
 FORMAT_NAME = "clipgan-stylegan2"
 FORMAT_VERSION = "1"
 _META_PREFIX = "clipgan."
-_LEGACY_TORCH_MAGIC = b"\x8a\nl\xfc\x9cF\xf9 j\xa8P\x19"  # pickled magic long of old torch.save
-
-
-class CheckpointError(Exception):
-    """A checkpoint that cannot be used; the message names the file and the reason."""
-
-    def __init__(self, path: str | os.PathLike[str], reason: str) -> None:
-        self.path = str(path)
-        self.reason = reason
-        super().__init__(f"cannot load checkpoint {self.path}: {reason}")
 
 
 @dataclass
@@ -83,13 +78,7 @@ def read_checkpoint(path: str | os.PathLike[str], *, mapping_lr_multiplier: floa
     """Read any supported checkpoint. ``mapping_lr_multiplier`` only matters for rosinality
     files, which do not store it (their trainer's default is 0.01)."""
     path = Path(path)
-    if not path.exists():
-        raise CheckpointError(path, "no such file")
-    if not path.is_file():
-        raise CheckpointError(path, "not a regular file")
-    with path.open("rb") as f:
-        head = f.read(16)
-    kind = _sniff(head)
+    kind = _SOURCE_OF.get(sniff(path))
     if kind is None:
         raise CheckpointError(path, "not a recognised checkpoint (expected an NVIDIA .pkl, a "
                                     "rosinality .pt or a clipgan .safetensors file)")
@@ -166,16 +155,9 @@ def convert_checkpoint(src: str | os.PathLike[str], dst: str | os.PathLike[str],
 # Format detection and shared validation
 
 
-def _sniff(head: bytes) -> SourceFormat | None:
-    if head.startswith(b"PK\x03\x04"):
-        return "rosinality-pt"  # torch.save zip container
-    if len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5:
-        return "rosinality-pt" if head[2:14] == _LEGACY_TORCH_MAGIC else "nvidia-pkl"
-    if len(head) >= 9 and head[8:9] == b"{":
-        header_len = int.from_bytes(head[:8], "little")
-        if 2 <= header_len < 100_000_000:
-            return "clipgan-safetensors"
-    return None
+_SOURCE_OF: dict[str, SourceFormat] = {"pickle": "nvidia-pkl", "torch-zip": "rosinality-pt",
+                                        "torch-legacy": "rosinality-pt",
+                                        "safetensors": "clipgan-safetensors"}
 
 
 def _expected_shapes(config: GeneratorConfig) -> dict[str, tuple[int, ...]]:
@@ -285,15 +267,8 @@ def _read_nvidia_pkl(path: Path) -> GeneratorCheckpoint:
 
 
 def _read_rosinality_pt(path: Path, mapping_lr_multiplier: float) -> GeneratorCheckpoint:
-    try:
-        # Training snapshots also hold train.py's argparse arguments: a plain attribute bag.
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            data = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        # torch's safe loader refused a global: the file tries to build more than tensors.
-        lines = [ln.strip() for ln in str(exc).splitlines() if "global" in ln.lower()]
-        raise CheckpointError(path, "refused by the weights-only loader: "
-                                    + (lines[0] if lines else str(exc).splitlines()[0])) from None
+    # Training snapshots also hold train.py's argparse arguments: a plain attribute bag.
+    data = load_torch(path, allowed=[argparse.Namespace])
     if not isinstance(data, Mapping) or not isinstance(data.get("g_ema"), Mapping):
         found = sorted(map(str, data)) if isinstance(data, Mapping) else type(data).__name__
         raise CheckpointError(path, f"no 'g_ema' state dict in the file (found {found})")

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import torch
 
-from ml_backend.checkpoints import load_generator, read_checkpoint
-from ml_backend.demo_weights import build_demo_generator, demo_generator_path
+from ml_backend.weights import demo_generator_path, load_generator, read_checkpoint
+from ml_backend.weights.demo import build_demo_generator
 
 
 def test_demo_generator_is_deterministic() -> None:

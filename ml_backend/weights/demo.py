@@ -13,9 +13,13 @@ from pathlib import Path
 
 import torch
 
-from ml_backend.checkpoints import GeneratorCheckpoint, save_checkpoint
 from ml_backend.files import atomic_write
 from ml_backend.stylegan2 import Generator, GeneratorConfig, SynthesisLayer
+from ml_backend.weights.clip import import_clip
+from ml_backend.weights.generator import GeneratorCheckpoint, save_checkpoint
+
+__all__ = ["build_demo_clip_state_dict", "build_demo_generator", "demo_clip_path",
+           "demo_generator_path"]
 
 log = logging.getLogger(__name__)
 
@@ -65,8 +69,6 @@ DEMO_CLIP_ARGS = dict(  # clip.model.CLIP(...) keyword arguments; 3.3 M paramete
 
 def build_demo_clip_state_dict() -> dict[str, torch.Tensor]:
     """A tiny random CLIP with the real tokenizer and layout, built from a fixed seed."""
-    from ml_backend.guidance import import_clip
-
     clip = import_clip()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(DEMO_SEED + 1)

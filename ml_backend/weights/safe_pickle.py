@@ -20,6 +20,8 @@ from typing import IO, Any
 import numpy as np
 import torch
 
+__all__ = ["AllowListUnpickler", "EasyDict", "PersistedModule", "UnsafePickleError", "safe_load"]
+
 
 class UnsafePickleError(pickle.UnpicklingError):
     """The pickle names a global that is not on the allow-list."""

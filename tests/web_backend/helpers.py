@@ -1,0 +1,70 @@
+"""What web tests do as users: a signed-in account, waiting for a job, an admin."""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Callable
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+
+SECRET = secrets.token_hex(32)  # the test apps' signing key
+
+
+class Account:
+    """A registered, signed-in user, as a test sees one."""
+
+    def __init__(self, client: TestClient, username: str, password: str = "correct horse") -> None:
+        self.client = client
+        self.username = username
+        self.password = password
+        r = client.post("/v1/users", json={"username": username, "email": f"{username}@x.io",
+                                           "password": password})
+        assert r.status_code == 201, r.text
+        self.id = r.json()["id"]
+        self.sign_in()
+
+    def sign_in(self) -> dict[str, Any]:
+        r = self.client.post("/v1/auth/token",
+                             data={"username": self.username, "password": self.password})
+        assert r.status_code == 200, r.text
+        self.tokens = r.json()
+        return self.tokens
+
+    @property
+    def auth(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.tokens['access_token']}"}
+
+    def get(self, path: str, **kw: Any):
+        return self.client.get(path, headers={**self.auth, **kw.pop("headers", {})}, **kw)
+
+    def post(self, path: str, **kw: Any):
+        return self.client.post(path, headers={**self.auth, **kw.pop("headers", {})}, **kw)
+
+    def put(self, path: str, **kw: Any):
+        return self.client.put(path, headers={**self.auth, **kw.pop("headers", {})}, **kw)
+
+    def delete(self, path: str, **kw: Any):
+        return self.client.delete(path, headers={**self.auth, **kw.pop("headers", {})}, **kw)
+
+
+def wait_for(account: Account, job_id: str, predicate: Callable[[dict], bool],
+             timeout: float = 90) -> dict:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        job = account.get(f"/v1/jobs/{job_id}").json()
+        if predicate(job):
+            return job
+        time.sleep(0.1)
+    raise AssertionError(f"job never reached the state: {job}")
+
+
+def make_admin(app: FastAPI, account: Account) -> Account:
+    from web_backend.models import User
+
+    with app.state.services.session_factory() as session:
+        session.get(User, account.id).is_admin = True
+        session.commit()
+    return account

@@ -1,0 +1,86 @@
+"""Reading a job submission: JSON (image prompt in base64) or multipart (a file field).
+
+FastAPI cannot declare "this JSON model, or this form" for one route, so this
+dependency reads either and hands the route a validated ``GenerationRequest``.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any
+
+from fastapi import Depends, Request
+from pydantic import ValidationError
+from starlette.datastructures import UploadFile
+
+from ml_backend.protocol import MAX_IMAGE_PROMPT_BYTES, GenerationRequest
+from web_backend.errors import (
+    PayloadTooLarge,
+    Unprocessable,
+    UnsupportedMediaType,
+    validation_detail,
+)
+
+__all__ = ["MAX_SUBMISSION_BYTES", "SUBMISSION_OPENAPI", "Submission", "read_submission"]
+
+MAX_SUBMISSION_BYTES = MAX_IMAGE_PROMPT_BYTES * 4 // 3 + 64 * 1024  # base64 image + the rest
+_MB = 1024 * 1024
+
+SUBMISSION_OPENAPI: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {"schema": GenerationRequest.model_json_schema(
+                ref_template="#/components/schemas/{model}")},
+            "multipart/form-data": {"schema": {
+                "type": "object",
+                "properties": {
+                    "request": {"type": "string", "description": "the JSON request"},
+                    "image_prompt": {"type": "string", "format": "binary"},
+                },
+                "required": ["request"],
+            }},
+        },
+    },
+}
+
+
+async def _from_form(request: Request) -> dict[str, Any]:
+    form = await request.form(max_files=1, max_fields=10)
+    raw = form.get("request")
+    if not isinstance(raw, str):
+        raise Unprocessable("multipart submissions need a 'request' field holding the JSON "
+                            "request")
+    try:
+        fields: Any = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise Unprocessable(f"'request' is not valid JSON: {exc}") from None
+    if not isinstance(fields, dict):
+        raise Unprocessable("'request' must be a JSON object")
+    upload = form.get("image_prompt")
+    if isinstance(upload, UploadFile):
+        data = await upload.read(MAX_IMAGE_PROMPT_BYTES + 1)
+        if len(data) > MAX_IMAGE_PROMPT_BYTES:
+            raise PayloadTooLarge(f"image_prompt is larger than {MAX_IMAGE_PROMPT_BYTES // _MB} MB")
+        fields["image_prompt"] = data
+    return fields
+
+
+async def read_submission(request: Request) -> GenerationRequest:
+    length = request.headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) > MAX_SUBMISSION_BYTES:
+        raise PayloadTooLarge(f"request too large; image prompts may be at most "
+                              f"{MAX_IMAGE_PROMPT_BYTES // _MB} MB")
+    content_type = request.headers.get("content-type", "")
+    try:
+        if content_type.startswith("multipart/form-data"):
+            return GenerationRequest.model_validate(await _from_form(request))
+        if content_type.startswith("application/json") or not content_type:
+            return GenerationRequest.model_validate_json(await request.body())
+    except ValidationError as exc:
+        raise Unprocessable(validation_detail(exc)) from None
+    raise UnsupportedMediaType("send the job as application/json (image_prompt base64) or "
+                               "multipart/form-data (fields 'request' and 'image_prompt')")
+
+
+Submission = Annotated[GenerationRequest, Depends(read_submission)]
