@@ -30,12 +30,14 @@ $(CHROMIUM):
 run: $(STAMP)
 	$(VENV)/bin/clipgan serve
 
-test: $(STAMP) $(CHROMIUM)
-	$(VENV)/bin/ruff check .
+test: lint $(CHROMIUM)
 	CHROMIUM=$(CHROMIUM) $(PY) -m pytest
 
+# style, the layers (pyproject: [tool.importlinter]) and types
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
+	$(VENV)/bin/mypy
 
 bench: $(STAMP)
 	$(PY) bench/generator.py
