@@ -32,6 +32,12 @@ __all__ = [
 Architecture = Literal["orig", "skip", "resnet"]
 NoiseMode = Literal["const", "random", "none"]
 
+# Far above any published StyleGAN2 (TADNE: 1024-d latents, 1024 channels, 512 px), so
+# only a broken or hostile file's config is refused before anything is allocated.
+_MAX_SIZES = {"z_dim": 8192, "w_dim": 8192, "img_channels": 4, "mapping_layers": 32,
+              "channel_base": 1 << 20, "channel_max": 8192}
+_MAX_RESOLUTION = 4096
+_MAX_CHANNELS = 8192
 _LRELU_SLOPE = 0.2
 _LRELU_GAIN = math.sqrt(2.0)  # keeps activations at unit variance through leaky ReLU
 _ARCHITECTURES = ("orig", "skip", "resnet")
@@ -70,32 +76,34 @@ class GeneratorConfig:
         def fail(reason: str) -> None:
             raise ConfigError(f"invalid generator config: {reason}")
 
-        for name in ("z_dim", "w_dim", "img_channels", "mapping_layers", "channel_base",
-                     "channel_max"):
+        for name, most in _MAX_SIZES.items():
             value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                fail(f"{name} must be a positive integer, got {value!r}")
+            if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= most:
+                fail(f"{name} must be an integer from 1 to {most}")
         res = self.img_resolution
-        if not isinstance(res, int) or res < 4 or res & (res - 1):
-            fail(f"img_resolution must be a power of two >= 4, got {res!r}")
+        if not isinstance(res, int) or res < 4 or res > _MAX_RESOLUTION or res & (res - 1):
+            fail(f"img_resolution must be a power of two from 4 to {_MAX_RESOLUTION}")
         if self.architecture not in _ARCHITECTURES:
             fail(f"architecture must be one of {_ARCHITECTURES}, got {self.architecture!r}")
-        if self.mapping_features is not None and self.mapping_features < 1:
-            fail(f"mapping_features must be positive, got {self.mapping_features!r}")
-        if not self.mapping_lr_multiplier > 0:
+        if self.mapping_features is not None and not (
+                isinstance(self.mapping_features, int) and 1 <= self.mapping_features <= 8192):
+            fail("mapping_features must be an integer from 1 to 8192, or null")
+        if not isinstance(self.mapping_lr_multiplier, int | float) or \
+                not self.mapping_lr_multiplier > 0:
             fail("mapping_lr_multiplier must be > 0")
-        if self.conv_clamp is not None and not self.conv_clamp > 0:
+        if self.conv_clamp is not None and not (isinstance(self.conv_clamp, int | float)
+                                                and self.conv_clamp > 0):
             fail("conv_clamp must be > 0 or null")
         if not 0 <= self.num_fp16_res <= self.num_resolutions:
             fail(f"num_fp16_res must be between 0 and {self.num_resolutions}")
-        if len(self.resample_filter) < 2 or sum(self.resample_filter) <= 0:
-            fail("resample_filter needs at least two taps with a positive sum")
+        if not 2 <= len(self.resample_filter) <= 16 or sum(self.resample_filter) <= 0:
+            fail("resample_filter needs 2 to 16 taps with a positive sum")
         if self.channels is not None:
             if len(self.channels) != self.num_resolutions:
                 fail(f"channels has {len(self.channels)} entries, expected one per resolution "
                      f"from 4 to {res} px ({self.num_resolutions})")
-            if any(not isinstance(c, int) or c < 1 for c in self.channels):
-                fail(f"channels must be positive integers, got {self.channels!r}")
+            if any(not isinstance(c, int) or not 1 <= c <= _MAX_CHANNELS for c in self.channels):
+                fail(f"channels must be integers from 1 to {_MAX_CHANNELS}")
 
     @property
     def num_resolutions(self) -> int:

@@ -45,9 +45,10 @@ def sniff(path: Path, *, what: str = "checkpoint") -> FileFormat:
         try:
             with zipfile.ZipFile(path) as archive:
                 names = archive.namelist()
-        except (zipfile.BadZipFile, OSError) as exc:
-            raise CheckpointError(path, f"truncated or corrupt zip archive ({exc})",
-                                  what=what) from None
+        except Exception as exc:  # zipfile raises many types on a malformed directory
+            detail = (str(exc).splitlines() or [""])[0][:200]
+            raise CheckpointError(path, f"truncated or corrupt zip archive "
+                                        f"({type(exc).__name__}: {detail})", what=what) from None
         return "torchscript" if any("/code/" in n for n in names) else "torch-zip"
     if len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5:
         return "torch-legacy" if head[2:14] == _LEGACY_TORCH_MAGIC else "pickle"

@@ -136,7 +136,10 @@ def test_wrong_w_plus_shape_is_a_clear_error(small_generator: Generator) -> None
     ({"img_resolution": 48}, "power of two"),
     ({"architecture": "unet"}, "architecture must be one of"),
     ({"channels": (8, 8)}, "expected one per resolution"),
-    ({"z_dim": 0}, "z_dim must be a positive integer"),
+    ({"z_dim": 0}, "z_dim must be an integer from 1 to 8192"),
+    ({"mapping_layers": 10**9}, "mapping_layers must be an integer from 1 to 32"),
+    ({"img_resolution": 2**20}, "power of two from 4 to 4096"),
+    ({"channels": (8,) * 3 + (10**6,)}, "channels must be integers from 1 to 8192"),
     ({"num_fp16_res": 9}, "num_fp16_res"),
 ])
 def test_invalid_configs_say_what_is_wrong(changes: dict, message: str) -> None:
