@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -13,20 +13,24 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse
 from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
+from starlette.datastructures import Headers
 
 from web_backend import migrate
+from web_backend.bodies import BodyLimit
 from web_backend.db import make_engine, make_session_factory
 from web_backend.dispatcher import Dispatcher
 from web_backend.errors import install_error_handlers
 from web_backend.logs import RequestIdMiddleware
 from web_backend.metrics import Metrics
-from web_backend.middleware import ConcurrencyLimit
+from web_backend.middleware import Admission, ConcurrencyLimit
 from web_backend.ml_client import MLClient, NoMLClient, ml_client_from_settings
 from web_backend.ratelimit import RateLimiter
 from web_backend.routes import admin, auth, jobs, samples, system, users
+from web_backend.security import TokenError, decode_access_token
 from web_backend.services import Services
 from web_backend.settings import WebSettings
 from web_backend.storage import LocalBlobStore
+from web_backend.submission import MAX_SUBMISSION_BYTES
 
 __all__ = ["build_services", "create_app", "create_app_from_env"]
 
@@ -112,10 +116,32 @@ def create_app(settings: WebSettings | None = None, *, ml_client: MLClient | Non
         return FileResponse(STATIC_DIR / "index.html")
 
     # below the 40 threadpool threads and the 50 pooled connections (see middleware.py)
+    app.state.admission = Admission(settings.http.max_concurrent_requests)
     app.add_middleware(ConcurrencyLimit, limit=settings.http.max_concurrent_requests,
-                       exempt_suffixes=("/events", "/healthz"))
+                       exempt_suffixes=("/events", "/healthz"), admission=app.state.admission)
+    # bodies are read before a slot is taken (see bodies.py)
+    app.add_middleware(BodyLimit, limit=settings.http.max_body_bytes,
+                       timeout_s=settings.http.body_timeout_s,
+                       uploads={("POST", "/v1/jobs"): MAX_SUBMISSION_BYTES},
+                       may_upload=_bearer_checker(services.signing_key),
+                       max_concurrent_uploads=settings.http.max_concurrent_uploads)
     app.add_middleware(RequestIdMiddleware)  # outermost: ids even on refused requests
     return app
+
+
+def _bearer_checker(key: bytes) -> Callable[[Headers], bool]:
+    """Whether headers carry an unexpired access token we signed (revocation is the
+    route's to check): enough to let a client send megabytes."""
+    def may_upload(headers: Headers) -> bool:
+        scheme, _, token = headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not token:
+            return False
+        try:
+            decode_access_token(key, token.strip())
+        except TokenError:
+            return False
+        return True
+    return may_upload
 
 
 def create_app_from_env() -> FastAPI:

@@ -92,6 +92,14 @@ class HttpSettings(_Group):
         "Origins allowed to call the API from a browser; default same-origin only."))
     max_concurrent_requests: int = var("MAX_CONCURRENT_REQUESTS", 32, ge=1, le=40, description=(
         "Requests in progress per worker; more wait their turn (SSE streams excepted)."))
+    max_body_bytes: int = var("MAX_BODY_BYTES", 64 * 1024, ge=1024, le=1024 * 1024, description=(
+        "Largest request body, except job submissions (which may carry an image prompt)."))
+    body_timeout_s: float = var("BODY_TIMEOUT_S", 30.0, gt=0, le=600, description=(
+        "Time a client has to send a whole request body (408 after)."))
+    max_concurrent_uploads: int = var("MAX_CONCURRENT_UPLOADS", 8, ge=1, description=(
+        "Job submissions with image prompts being received at once per worker."))
+    stalled_after_s: float = var("STALLED_AFTER_S", 30.0, gt=0, description=(
+        "/healthz fails when requests waited this long and no request finished."))
 
 
 class SampleSettings(_Group):

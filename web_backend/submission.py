@@ -67,10 +67,7 @@ async def _from_form(request: Request) -> dict[str, Any]:
 
 
 async def read_submission(request: Request) -> GenerationRequest:
-    length = request.headers.get("content-length")
-    if length is not None and length.isdigit() and int(length) > MAX_SUBMISSION_BYTES:
-        raise PayloadTooLarge(f"request too large; image prompts may be at most "
-                              f"{MAX_IMAGE_PROMPT_BYTES // _MB} MB")
+    """The body is already whole and within MAX_SUBMISSION_BYTES (``bodies.BodyLimit``)."""
     content_type = request.headers.get("content-type", "")
     try:
         if content_type.startswith("multipart/form-data"):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -19,10 +19,15 @@ __all__ = ["router"]
 router = APIRouter(tags=["system"])
 
 
-@router.get("/healthz")
-def healthz() -> dict[str, str]:
-    """Liveness: the process answers (no dependencies checked)."""
-    return {"status": "ok"}
+@router.get("/healthz", responses={503: {"description": "requests are stuck"}})
+async def healthz(request: Request, services: ServicesDep) -> JSONResponse:
+    """Liveness: the process answers and its requests are moving (no dependencies checked)."""
+    stalled_s = request.app.state.admission.stalled_for()
+    if stalled_s > services.settings.http.stalled_after_s:
+        return JSONResponse({"status": "stalled", "detail": (
+            f"every request slot has been busy for {stalled_s:.0f} s with requests waiting")},
+            status_code=503)
+    return JSONResponse({"status": "ok"})
 
 
 def _database_ok(services: ServicesDep) -> str:
