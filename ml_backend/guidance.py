@@ -6,7 +6,6 @@ prompts and images into targets, cuts images into CLIP-sized crops and scores th
 
 from __future__ import annotations
 
-import io
 import logging
 import threading
 from collections import OrderedDict
@@ -14,8 +13,9 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
+from ml_backend import image_prompts
 from ml_backend.protocol import WeightedPrompt
 from ml_backend.recipe import DEFAULT_RECIPE
 from ml_backend.weights.clip import ClipModel, import_clip
@@ -113,16 +113,12 @@ class ClipGuide:
     @torch.no_grad()
     def encode_image_bytes(self, data: bytes) -> torch.Tensor:
         """An uploaded picture -> [D] unit embedding (centre crop, like CLIP's preprocessing)."""
-        try:
-            with Image.open(io.BytesIO(data)) as img:
-                img.load()
-                rgb = img.convert("RGB")
-        except (UnidentifiedImageError, OSError, ValueError) as exc:
-            raise GuidanceError(f"image prompt is not a readable image ({exc})") from None
-        side = min(rgb.size)
-        left, top = (rgb.width - side) // 2, (rgb.height - side) // 2
-        rgb = rgb.crop((left, top, left + side, top + side)).resize(
-            (self.input_resolution, self.input_resolution), Image.Resampling.BICUBIC)
+        try:  # bounded decoding: the same formats and pixel cap as the web side's
+            square = image_prompts.decode_square(data, side=self.input_resolution)
+        except image_prompts.ImagePromptError as exc:
+            raise GuidanceError(str(exc)) from None
+        rgb = square.resize((self.input_resolution, self.input_resolution),
+                            Image.Resampling.BICUBIC)
         pixels = torch.frombuffer(bytearray(rgb.tobytes()), dtype=torch.uint8)
         pixels = pixels.reshape(self.input_resolution, self.input_resolution, 3)
         x = pixels.permute(2, 0, 1)[None].float().div(127.5).sub(1).to(self.device)

@@ -143,7 +143,8 @@ class Dispatcher:
         try:
             image = (self.services.storage.get(claim.image_prompt_key)
                      if claim.image_prompt_key else None)
-            request = GenerationRequest.model_validate({**claim.request, "image_prompt": image})
+            fields = {k: v for k, v in claim.request.items() if k != "image_prompt_sha256"}
+            request = GenerationRequest.model_validate({**fields, "image_prompt": image})
         except Exception as exc:  # a stored request that no longer validates
             return Failure(code="invalid_request", message=f"invalid job: {exc}")
         self.executions += 1

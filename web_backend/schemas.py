@@ -99,7 +99,8 @@ class JobOut(BaseModel):
     created_at: UTCDatetime
     started_at: UTCDatetime | None
     finished_at: UTCDatetime | None
-    request: dict[str, Any] = Field(description="What was asked for (image prompt omitted).")
+    request: dict[str, Any] = Field(description=(
+        "What was asked for; an image prompt appears as its image_prompt_sha256."))
     progress: Progress
     queue_position: int | None = Field(description="1 = next to start; null once started.")
     eta_s: float | None = Field(description="Estimated seconds until the picture is ready.")

@@ -6,6 +6,7 @@ import torch
 from ml_backend.guidance import GuidanceError, spherical_distance
 from ml_backend.pipeline import Pipeline
 from ml_backend.protocol import WeightedPrompt
+from tests.ml_backend import hostile_images
 
 
 def test_prompt_longer_than_clip_context_is_an_error(pipeline: Pipeline) -> None:
@@ -60,5 +61,13 @@ def test_targets_weigh_positive_and_negative(pipeline: Pipeline) -> None:
 
 
 def test_unreadable_image_prompt(pipeline: Pipeline) -> None:
-    with pytest.raises(GuidanceError, match="image prompt is not a readable image"):
+    with pytest.raises(GuidanceError, match="image prompt is not a readable PNG"):
         pipeline.guide.encode_image_bytes(b"definitely not a picture")
+
+
+@pytest.mark.parametrize("data", [hostile_images.BOMBS["png-12000"],
+                                  hostile_images.REFUSED_FORMATS["EPS"]])
+def test_the_ml_side_applies_the_same_image_limits(pipeline: Pipeline, data: bytes) -> None:
+    """A request that reaches a replica without the web side (Python, Ray) is bounded too."""
+    with pytest.raises(GuidanceError, match=r"megapixels|not a readable PNG"):
+        pipeline.guide.encode_image_bytes(data)

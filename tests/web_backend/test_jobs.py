@@ -9,6 +9,7 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from tests.ml_backend import hostile_images
 from tests.web_backend.helpers import Account, make_admin
 from web_backend.models import Job, utcnow
 
@@ -84,6 +85,44 @@ def test_image_prompt_by_multipart_or_base64(alice: Account) -> None:
     assert huge.status_code == 413
     no_request = alice.post("/v1/jobs", files={"image_prompt": ("me.png", picture)})
     assert no_request.status_code == 422 and "'request' field" in no_request.json()["detail"]
+
+
+@pytest.mark.parametrize("name", ["png-20000", "png-12000", "jpeg-20000", "TIFF", "EPS", "BMP",
+                                  "ICO", "truncated-png"])
+def test_hostile_image_prompts_are_a_clear_422(alice: Account, name: str) -> None:
+    data = {**hostile_images.BOMBS, **hostile_images.REFUSED_FORMATS,
+            **hostile_images.BROKEN}[name]
+    for response in (
+        alice.post("/v1/jobs", data={"request": '{"prompt": "smile"}'},
+                   files={"image_prompt": ("x", data, "image/png")}),
+        submit(alice, image_prompt=base64.b64encode(data).decode()),
+    ):
+        assert response.status_code == 422, response.text
+        assert "PNG, JPEG or WebP" in response.json()["detail"] or "megapixels" in response.text
+    assert alice.get("/v1/jobs").json()["items"] == []  # nothing queued, nothing stored
+
+
+def test_the_ml_side_gets_a_small_square_png(app: FastAPI, alice: Account) -> None:
+    photo = hostile_images.picture("JPEG", (4000, 3000))
+    job = alice.post("/v1/jobs", data={"request": '{"prompt": "smile"}'},
+                     files={"image_prompt": ("photo.jpg", photo, "image/jpeg")}).json()
+    with app.state.services.session_factory() as session:
+        key = session.get(Job, job["id"]).image_prompt_key
+    with Image.open(io.BytesIO(app.state.services.storage.get(key))) as stored:
+        assert (stored.format, stored.size) == ("PNG", (448, 448))
+
+
+def test_idempotency_key_covers_the_image_prompt(alice: Account) -> None:
+    key = {"Idempotency-Key": "with-picture"}
+
+    def send(color: tuple[int, int, int]):
+        return alice.post("/v1/jobs", data={"request": '{"prompt": "smile"}'},
+                          files={"image_prompt": ("me.png", png(color), "image/png")}, headers=key)
+
+    assert send((1, 2, 3)).status_code == 202
+    assert send((1, 2, 3)).headers["idempotent-replayed"] == "true"
+    other = send((200, 2, 3))
+    assert other.status_code == 409 and "different request" in other.json()["detail"]
 
 
 def test_other_users_jobs_are_invisible(alice: Account, bob: Account) -> None:
