@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import unicodedata
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -17,7 +18,7 @@ from ml_backend.recipe import DEFAULT_RECIPE
 __all__ = [
     "MAX_IMAGE_PROMPT_BYTES", "MAX_PROMPTS", "MAX_PROMPT_CHARS", "MAX_SEED", "Failure",
     "FailureCode", "GenerationRequest", "Progress", "Result", "StreamMessage", "WeightedPrompt",
-    "parse_prompt", "seed_to_int",
+    "parse_prompt", "plain_text", "seed_to_int",
 ]
 
 MAX_PROMPT_CHARS = 1000
@@ -27,6 +28,19 @@ MAX_SEED = 2**63 - 1
 NEGATIVE_PROMPT_WEIGHT = DEFAULT_RECIPE.negative_weight  # a negative part without a weight
 
 _WEIGHT_SUFFIX = re.compile(r"^(?P<text>.*?):\s*(?P<weight>[-+]?(\d+(\.\d*)?|\.\d+))\s*$", re.S)
+
+
+def plain_text(text: str) -> str:
+    """Text as stored and shown: tabs and line breaks become spaces, other control
+    characters are refused (they end up in logs, PNG metadata and other people's pages)."""
+    text = text.replace("\r\n", " ").translate(_WHITESPACE_CONTROLS)
+    bad = next((c for c in text if unicodedata.category(c) == "Cc"), None)
+    if bad is not None:
+        raise ValueError(f"control character U+{ord(bad):04X} is not allowed in text")
+    return text
+
+
+_WHITESPACE_CONTROLS = {ord(c): " " for c in "\t\n\r\v\f"}
 
 
 class WeightedPrompt(BaseModel):
@@ -40,7 +54,7 @@ class WeightedPrompt(BaseModel):
     @field_validator("text")
     @classmethod
     def _not_blank(cls, text: str) -> str:
-        text = text.strip()
+        text = plain_text(text).strip()
         if not text:
             raise ValueError("prompt text must not be blank")
         return text
@@ -114,7 +128,12 @@ class GenerationRequest(BaseModel):
     def _seed_range(cls, seed: int | str | None) -> int | str | None:
         if isinstance(seed, int) and not 0 <= seed <= MAX_SEED:
             raise ValueError(f"seed must be between 0 and {MAX_SEED}")
-        return seed
+        return plain_text(seed) if isinstance(seed, str) else seed
+
+    @field_validator("prompt", "negative_prompt")
+    @classmethod
+    def _plain(cls, text: str | None) -> str | None:
+        return plain_text(text) if text is not None else None
 
     @model_validator(mode="after")
     def _one_way_to_prompt(self) -> GenerationRequest:
@@ -124,6 +143,9 @@ class GenerationRequest(BaseModel):
             self.weighted_prompts()  # raises with the offending part
         if self.negative_prompt is not None:
             parse_prompt(self.negative_prompt)
+        if len(self.weighted_prompts()) > MAX_PROMPTS:  # '|' parts count: one limit on all
+            raise ValueError(f"at most {MAX_PROMPTS} prompt parts in all (prompt, prompts and "
+                             "negative_prompt together, each '|' part counted)")
         return self
 
     @property

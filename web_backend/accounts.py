@@ -14,11 +14,12 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session
 
 from web_backend.errors import Conflict, Forbidden, Unauthorized
 from web_backend.models import AuthSession, RefreshToken, User, utcnow
+from web_backend.ratelimit import RateLimiter
 from web_backend.schemas import Limits, LimitsUpdate, TokenPair, UserCreate, UserDetail, UserOut
 from web_backend.security import (
     create_access_token,
@@ -50,10 +51,10 @@ def user_detail(user: User, defaults: LimitSettings) -> UserDetail:
 def register(session: Session, body: UserCreate, *, is_admin: bool = False) -> User:
     """A new account; usernames and emails are unique (409 says which one is taken)."""
     email = body.email.lower()
-    clash = session.scalar(select(User).where(or_(User.username == body.username,
-                                                  User.email == email)))
+    clash = session.scalar(select(User).where(or_(
+        func.lower(User.username) == body.username.lower(), User.email == email)))
     if clash is not None:
-        what = "username" if clash.username == body.username else "email"
+        what = "username" if clash.username.lower() == body.username.lower() else "email"
         raise Conflict(f"that {what} is already registered")
     user = User(username=body.username, email=email, is_admin=is_admin,
                 password_hash=hash_password(body.password))
@@ -75,11 +76,22 @@ def _issue_tokens(session: Session, user: User, login: AuthSession, *, signing_k
 
 
 def sign_in(session: Session, *, username: str, password: str, signing_key: bytes,
-            settings: AuthSettings) -> TokenPair:
-    """A new login. Wrong usernames and wrong passwords look alike (and take as long)."""
-    user = session.scalar(select(User).where(User.username == username))
+            settings: AuthSettings, limiter: RateLimiter) -> TokenPair:
+    """A new login. Wrong usernames and wrong passwords look alike (and take as long).
+
+    Failed attempts are also counted per account name, whichever address they come
+    from: guessing one account's password from many addresses stops there too.
+    """
+    name = username.lower()[:64]
+    failures = limiter.peek("login-failures", name, limit=settings.failed_sign_ins_per_hour,
+                            per="hour")
+    if not failures.allowed:
+        raise failures.refusal(f"too many failed sign-ins for this account; try again in "
+                               f"{failures.reset_after_s} s")
+    user = session.scalar(select(User).where(func.lower(User.username) == name))
     # a missing user costs the same hash as a real one: no username probing by timing
     if not verify_password(password, user.password_hash if user else None) or user is None:
+        limiter.hit("login-failures", name, limit=settings.failed_sign_ins_per_hour, per="hour")
         raise Unauthorized("wrong username or password")
     if not user.is_active:
         raise Forbidden("this account is disabled")
@@ -134,8 +146,16 @@ def sign_out(session: Session, login: AuthSession) -> None:
 
 
 def change_password(session: Session, *, user: User, login: AuthSession, current: str,
-                    new: str) -> None:
-    """Signs out every other login of this account; this one stays signed in."""
+                    new: str, limiter: RateLimiter, attempts_per_hour: int) -> None:
+    """Signs out every other login of this account; this one stays signed in.
+
+    Attempts are limited: a stolen access token must not become a way to guess the
+    password it cannot see.
+    """
+    attempt = limiter.hit("password-change", str(user.id), limit=attempts_per_hour, per="hour")
+    if not attempt.allowed:
+        raise attempt.refusal(f"too many password changes; try again in "
+                              f"{attempt.reset_after_s} s")
     if not verify_password(current, user.password_hash):
         raise Forbidden("current_password is wrong")
     user.password_hash = hash_password(new)

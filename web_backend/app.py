@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -14,6 +15,7 @@ from fastapi.responses import FileResponse
 from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
 from starlette.datastructures import Headers
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from web_backend import migrate
 from web_backend.bodies import BodyLimit
@@ -30,6 +32,7 @@ from web_backend.security import TokenError, decode_access_token
 from web_backend.services import Services
 from web_backend.settings import WebSettings
 from web_backend.storage import LocalBlobStore
+from web_backend.streams import StreamGate
 from web_backend.submission import MAX_SUBMISSION_BYTES
 
 __all__ = ["build_services", "create_app", "create_app_from_env"]
@@ -50,6 +53,8 @@ def build_services(settings: WebSettings, ml_client: MLClient | None = None) -> 
         storage=LocalBlobStore(settings.data.dir / "blobs"),
         ml=ml_client if ml_client is not None else ml_client_from_settings(settings.ml),
         ml_capacity=settings.ml.slots,
+        streams=StreamGate(per_user=settings.http.max_streams_per_user,
+                           total=settings.http.max_streams),
     )
 
 
@@ -84,6 +89,8 @@ def create_app(settings: WebSettings | None = None, *, ml_client: MLClient | Non
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         """Run the dispatcher beside the API when there is an ML side to send jobs to."""
         task = None
+        stack = contextlib.ExitStack()
+        stack.enter_context(services.streams.closing_on_signals())
         if settings.dispatch.enabled and not isinstance(services.ml, NoMLClient):
             app.state.dispatcher = Dispatcher(services, services.ml)
             task = asyncio.create_task(app.state.dispatcher.run(), name="dispatcher")
@@ -91,6 +98,7 @@ def create_app(settings: WebSettings | None = None, *, ml_client: MLClient | Non
         try:
             yield
         finally:
+            stack.close()
             if task is not None:
                 app.state.dispatcher.stop()
                 await task
@@ -125,7 +133,10 @@ def create_app(settings: WebSettings | None = None, *, ml_client: MLClient | Non
                        uploads={("POST", "/v1/jobs"): MAX_SUBMISSION_BYTES},
                        may_upload=_bearer_checker(services.signing_key),
                        max_concurrent_uploads=settings.http.max_concurrent_uploads)
-    app.add_middleware(RequestIdMiddleware)  # outermost: ids even on refused requests
+    app.add_middleware(RequestIdMiddleware)  # ids even on refused requests
+    if settings.http.forwarded_allow_ips:  # outermost: every layer sees the client's address
+        app.add_middleware(ProxyHeadersMiddleware,
+                           trusted_hosts=settings.http.forwarded_allow_ips)
     return app
 
 

@@ -146,20 +146,31 @@ OwnedJob = Annotated[Job, Depends(get_owned_job)]
 
 
 def job_by_token_or_link(kind: str) -> Any:
-    """Owner's bearer token, or a signed link (``?exp=&sig=``) for <img> tags and sharing."""
+    """Owner's bearer token, or a signed link (``?exp=&sig=``) for <img> tags and sharing.
 
-    def dependency(job_id: JobId, services: ServicesDep, session: SessionDep,
+    A link works only while its owner's account is active. When the credential
+    expires is kept in ``request.state.credential_expires_at``: what the request hands
+    out (links in an event stream) must not outlive it.
+    """
+
+    def dependency(request: Request, job_id: JobId, services: ServicesDep, session: SessionDep,
                    token: Annotated[str | None, Depends(oauth2_scheme)] = None,
                    exp: int | None = None, sig: str | None = None) -> Job:
         if sig is not None and exp is not None:
             if not verify_link(services.signing_key, job_id, kind, exp, sig):
                 raise Forbidden("this link is invalid or has expired")
             job = session.get(Job, job_id)
+            owner = session.get(User, job.user_id) if job is not None else None
             session.commit()
             if job is None:
                 raise NotFound(f"no job {job_id}")
+            if owner is None or not owner.is_active:
+                raise Forbidden("this link is invalid or has expired")
+            request.state.credential_expires_at = exp
             return job
         user, _ = _user_from_token(token, services, session)
+        request.state.credential_expires_at = decode_access_token(
+            services.signing_key, token or "").expires_at
         return _owned(job_id, user, session)
 
     return Depends(dependency)

@@ -118,15 +118,18 @@ def submit(session: Session, services: Services, user: User, request: Generation
     return job, False
 
 
-def _link(services: Services, job: Job, kind: str) -> str:
+def _link(services: Services, job: Job, kind: str, not_after: int | None) -> str:
     expires = int(time.time()) + services.settings.auth.signed_url_ttl_s
+    if not_after is not None:
+        expires = min(expires, not_after)
     sig = sign_link(services.signing_key, job.id, kind, expires)
     return f"/v1/jobs/{job.id}/{kind}?exp={expires}&sig={sig}"
 
 
 def job_out(session: Session, services: Services, job: Job, *,
-            average_s: float | None = None) -> JobOut:
-    """``average_s``: the ETA unit, when the caller already has it (one query per page)."""
+            average_s: float | None = None, links_not_after: int | None = None) -> JobOut:
+    """``average_s``: the ETA unit, when the caller already has it (one query per page).
+    ``links_not_after``: signed links expire no later than this (a stream's credential)."""
     position = eta = None
     if job.status in _ACTIVE and average_s is None:
         average_s = average_job_seconds(session, services)
@@ -145,9 +148,10 @@ def job_out(session: Session, services: Services, job: Job, *,
         finished_at=job.finished_at, request=job.request,
         progress=Progress(step=job.progress_step, total=job.progress_total, score=job.score),
         queue_position=position, eta_s=eta, seed=job.seed, error=job.error, timings=job.timings,
-        image_url=_link(services, job, "image") if job.result_key else None,
-        preview_url=_link(services, job, "preview") if job.preview_key else None,
-        events_url=_link(services, job, "events"),
+        image_url=_link(services, job, "image", links_not_after) if job.result_key else None,
+        preview_url=(_link(services, job, "preview", links_not_after) if job.preview_key
+                     else None),
+        events_url=_link(services, job, "events", links_not_after),
     )
 
 

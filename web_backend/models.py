@@ -21,6 +21,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    func,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -77,6 +78,9 @@ class User(Base):
     daily_images: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
     sessions: Mapped[list[AuthSession]] = relationship(back_populates="user")
+
+    # "Alice" and "alice" are one name (migration 0003)
+    __table_args__ = (Index("ix_users_username_lower", func.lower(username), unique=True),)
 
 
 class AuthSession(Base):

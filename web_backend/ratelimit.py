@@ -53,5 +53,14 @@ class RateLimiter:
         return LimitResult(allowed=allowed, limit=limit, remaining=max(0, stats.remaining),
                            reset_after_s=reset)
 
+    def peek(self, name: str, identity: str, *, limit: int, per: str = "minute") -> LimitResult:
+        """Whether one more hit would fit, without counting one (limits on failures)."""
+        item = _PERIODS[per](limit)
+        allowed = self.limiter.test(item, name, identity)
+        stats = self.limiter.get_window_stats(item, name, identity)
+        reset = max(0, math.ceil(stats.reset_time - time.time()))
+        return LimitResult(allowed=allowed, limit=limit, remaining=max(0, stats.remaining),
+                           reset_after_s=reset)
+
     def ping(self) -> bool:
         return bool(self.storage.check())

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, EmailStr, Field
 
 from web_backend.models import JobStatus
 
@@ -25,14 +25,13 @@ def _as_utc(value: datetime | None) -> datetime | None:
 UTCDatetime = Annotated[datetime, AfterValidator(_as_utc)]
 
 USERNAME_PATTERN = r"^[A-Za-z0-9_.-]{3,32}$"
-EMAIL_PATTERN = r"^[^@\s]{1,64}@[^@\s]+\.[^@\s]+$"
 
 
 class UserCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     username: str = Field(pattern=USERNAME_PATTERN, description="3-32 of A-Z a-z 0-9 _ . -")
-    email: str = Field(max_length=254, pattern=EMAIL_PATTERN)
+    email: EmailStr = Field(max_length=254, description="Checked by email-validator.")
     password: str = Field(min_length=8, max_length=1024)
 
 

@@ -52,6 +52,7 @@ def verify_password(password: str, password_hash: str | None) -> bool:
 class AccessClaims:
     user_id: int
     session_id: str
+    expires_at: int = 0  # unix time
 
 
 def create_access_token(key: bytes, *, user_id: int, session_id: str, ttl_s: int) -> str:
@@ -71,7 +72,8 @@ def decode_access_token(key: bytes, token: str) -> AccessClaims:
     if claims.get("typ") != ACCESS_TYPE or not isinstance(claims.get("sid"), str):
         raise TokenError("not an access token")
     try:
-        return AccessClaims(user_id=int(claims["sub"]), session_id=claims["sid"])
+        return AccessClaims(user_id=int(claims["sub"]), session_id=claims["sid"],
+                            expires_at=int(claims["exp"]))
     except (TypeError, ValueError):
         raise TokenError("malformed subject") from None
 

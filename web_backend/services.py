@@ -13,6 +13,7 @@ from web_backend.ml_client import MLClient
 from web_backend.ratelimit import RateLimiter
 from web_backend.settings import WebSettings
 from web_backend.storage import BlobStore
+from web_backend.streams import StreamGate
 
 __all__ = ["Services"]
 
@@ -29,5 +30,6 @@ class Services:
     ml: MLClient
     metrics: Metrics
     ml_capacity: int                              # jobs the ML side runs at once (ETAs, dispatch)
+    streams: StreamGate                           # open /events streams in this process
     sample_cache: OrderedDict[tuple[str, int, float | None], bytes] = field(
         default_factory=OrderedDict)  # (model, seed, psi) -> PNG; small LRU per process

@@ -75,6 +75,10 @@ class AuthSettings(_Group):
                                          description="Per client address.")
     registrations_per_hour: int = var("REGISTRATIONS_PER_HOUR", 20, ge=1,
                                       description="Per client address.")
+    failed_sign_ins_per_hour: int = var("FAILED_SIGN_INS_PER_HOUR", 20, ge=1, description=(
+        "Per account name, from any address; then sign-in waits."))
+    password_changes_per_hour: int = var("PASSWORD_CHANGES_PER_HOUR", 5, ge=1, description=(
+        "Attempts per account."))
 
 
 class LimitSettings(_Group):
@@ -92,12 +96,19 @@ class HttpSettings(_Group):
         "Origins allowed to call the API from a browser; default same-origin only."))
     max_concurrent_requests: int = var("MAX_CONCURRENT_REQUESTS", 32, ge=1, le=40, description=(
         "Requests in progress per worker; more wait their turn (SSE streams excepted)."))
+    forwarded_allow_ips: list[str] = var_list("FORWARDED_ALLOW_IPS", list, description=(
+        "Proxies (addresses or CIDR networks) whose X-Forwarded-For/-Proto are believed; "
+        "none by default, so clients cannot choose their own address for rate limits."))
     max_body_bytes: int = var("MAX_BODY_BYTES", 64 * 1024, ge=1024, le=1024 * 1024, description=(
         "Largest request body, except job submissions (which may carry an image prompt)."))
     body_timeout_s: float = var("BODY_TIMEOUT_S", 30.0, gt=0, le=600, description=(
         "Time a client has to send a whole request body (408 after)."))
     max_concurrent_uploads: int = var("MAX_CONCURRENT_UPLOADS", 8, ge=1, description=(
         "Job submissions with image prompts being received at once per worker."))
+    max_streams_per_user: int = var("MAX_STREAMS_PER_USER", 8, ge=1, description=(
+        "Open event streams per account per worker (429 beyond)."))
+    max_streams: int = var("MAX_STREAMS", 1000, ge=1, description=(
+        "Open event streams per worker (429 beyond)."))
     stalled_after_s: float = var("STALLED_AFTER_S", 30.0, gt=0, description=(
         "/healthz fails when requests waited this long and no request finished."))
 

@@ -21,8 +21,10 @@ def web(
     import uvicorn
 
     web_settings()  # refuse unsafe settings before forking workers
+    # proxy headers: the app trusts CLIPGAN_FORWARDED_ALLOW_IPS only (none by default);
+    # streams end themselves on shutdown, the timeout is the backstop
     uvicorn.run("web_backend.app:create_app_from_env", factory=True, host=host, port=port,
-                workers=workers, proxy_headers=False)
+                workers=workers, proxy_headers=False, timeout_graceful_shutdown=15)
 
 
 def _print_banner(handle: Any, url: str, data_dir: Path) -> None:
@@ -72,7 +74,8 @@ def serve(
         with local_generator(ml_settings, mode) as handle:
             api = create_app(settings, ml_client=HandleMLClient(handle))
             _print_banner(handle, f"http://{host}:{port}", settings.data.dir)
-            uvicorn.run(api, host=host, port=port, log_level="info", access_log=False)
+            uvicorn.run(api, host=host, port=port, log_level="info", access_log=False,
+                        proxy_headers=False, timeout_graceful_shutdown=15)
     except LocalClusterError as exc:
         fail(str(exc))
     err.print("stopped")

@@ -28,7 +28,11 @@ def test_register_validates_and_refuses_duplicates(client: TestClient) -> None:
     ("password", "Pw7!xq", "at least 8 characters"),
     ("password", "x" * 1025, "at most 1024 characters"),
     ("username", "a b", "should match pattern"),
-    ("email", "not-an-email", "should match pattern"),
+    ("email", "not-an-email", "must have an @-sign"),
+    ("email", "carol@localhost", "It should have a period"),
+    ("email", "carol@exa mple.com", "invalid characters: SPACE"),
+    ("email", "car\u0007ol@example.com", "invalid characters before the @-sign: U+0007"),
+    ("username", "carol\n", "should match pattern"),
 ])
 def test_register_bad_input_says_what_to_fix(client: TestClient, field: str, value: str,
                                              message: str) -> None:
@@ -145,3 +149,83 @@ def test_login_attempts_are_limited_per_address(client: TestClient, alice: Accou
     assert int(limited.headers["retry-after"]) >= 1
     assert limited.headers["ratelimit-limit"] == "10"
     assert limited.headers["ratelimit-remaining"] == "0"
+
+
+def test_usernames_are_one_name_whatever_the_case(client: TestClient, alice: Account) -> None:
+    clash = client.post("/v1/users", json={"username": "ALICE", "email": "other@x.io",
+                                           "password": "12345678"})
+    assert clash.status_code == 409 and "username is already registered" in clash.text
+    by_other_case = client.post("/v1/auth/token", data={"username": "Alice",
+                                                        "password": alice.password})
+    assert by_other_case.status_code == 200
+
+
+def _sign_in_from(client: TestClient, address: str, username: str, password: str) -> int:
+    return client.post("/v1/auth/token", data={"username": username, "password": password},
+                       headers={"X-Forwarded-For": address}).status_code
+
+
+def test_failed_sign_ins_are_limited_per_account_from_any_address(make_settings) -> None:
+    from web_backend.app import create_app
+
+    settings = make_settings(auth={"failed_sign_ins_per_hour": 3},
+                             http={"forwarded_allow_ips": ["testclient"]})
+    with TestClient(create_app(settings)) as client:
+        alice, bob = Account(client, "alice"), Account(client, "bob")
+        guesses = [_sign_in_from(client, f"203.0.113.{i}", "alice", "guess") for i in range(3)]
+        assert guesses == [401, 401, 401]
+        # the right password from yet another address waits too: the account is the target
+        assert _sign_in_from(client, "198.51.100.7", "ALICE", alice.password) == 429
+        assert _sign_in_from(client, "198.51.100.7", "bob", bob.password) == 200
+        # and a name that does not exist behaves the same (no probing for accounts)
+        ghosts = [_sign_in_from(client, f"192.0.2.{i}", "ghost", "x") for i in range(4)]
+        assert ghosts == [401, 401, 401, 429]
+
+
+def test_forwarded_for_is_believed_only_from_trusted_proxies(make_settings) -> None:
+    from web_backend.app import create_app
+
+    for trusted, expected in (([], 429), (["testclient"], 401)):
+        settings = make_settings(auth={"login_attempts_per_minute": 3},
+                                 http={"forwarded_allow_ips": trusted})
+        with TestClient(create_app(settings)) as client:
+            codes = [_sign_in_from(client, f"203.0.113.{i}", f"user{i}", "x") for i in range(4)]
+        # untrusted: rotating the header changes nothing, the 4th attempt is refused
+        assert codes == [401, 401, 401, expected], trusted
+
+
+def test_password_change_attempts_are_limited(make_settings) -> None:
+    from web_backend.app import create_app
+
+    with TestClient(create_app(make_settings(auth={"password_changes_per_hour": 3}))) as client:
+        alice = Account(client, "alice")
+
+        def change(current: str) -> int:
+            return alice.put("/v1/users/me/password", json={
+                "current_password": current, "new_password": "a new long one"}).status_code
+
+        assert [change(f"guess{i}") for i in range(3)] == [403, 403, 403]
+        assert change(alice.password) == 429
+
+
+@pytest.mark.parametrize("value", ["smile\x00", "smile\x1b[31m", "\x7fsmile", "ok\u0085"])
+def test_control_characters_are_refused_in_prompts_and_seeds(alice: Account, value: str) -> None:
+    for field in ("prompt", "negative_prompt", "seed"):
+        refused = alice.post("/v1/jobs", json={"prompt": "a girl", field: value})
+        assert refused.status_code == 422, (field, refused.text)
+        assert "control character" in refused.text
+    assert alice.get("/v1/jobs").json()["items"] == []
+
+
+def test_line_breaks_in_prompts_become_spaces(alice: Account) -> None:
+    job = alice.post("/v1/jobs", json={"prompt": "blue hair,\r\nsmile\ttoo"}).json()
+    assert job["request"]["prompt"] == "blue hair, smile too"
+
+
+def test_the_prompt_part_limit_counts_every_part(alice: Account) -> None:
+    for body in ({"prompt": " | ".join(f"part {i}" for i in range(9))},
+                 {"prompt": "a | b | c | d | e", "negative_prompt": "f | g | h | i"},
+                 {"prompts": [{"text": f"p{i}"} for i in range(5)],
+                  "negative_prompt": "x | y | z | w"}):
+        refused = alice.post("/v1/jobs", json=body)
+        assert refused.status_code == 422 and "at most 8 prompt parts in all" in refused.text

@@ -24,6 +24,8 @@ pytestmark = pytest.mark.slow
 
 BODY_TIMEOUT_S = 3
 SLOTS = 4
+STREAMS_PER_USER = 3
+STREAMS = 5
 
 
 @dataclass
@@ -43,32 +45,42 @@ class Server:
         return sock
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+def _start_web(data_dir: Path) -> Server:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("CLIPGAN_")}
-    env.update(CLIPGAN_ENV="dev", CLIPGAN_DATA_DIR=str(tmp_path_factory.mktemp("web")),
+    env.update(CLIPGAN_ENV="dev", CLIPGAN_DATA_DIR=str(data_dir),
                CLIPGAN_BODY_TIMEOUT_S=str(BODY_TIMEOUT_S),
                CLIPGAN_MAX_CONCURRENT_REQUESTS=str(SLOTS), CLIPGAN_MAX_CONCURRENT_UPLOADS="2",
-               CLIPGAN_REGISTRATIONS_PER_HOUR="1000")
+               CLIPGAN_MAX_STREAMS_PER_USER=str(STREAMS_PER_USER),
+               CLIPGAN_MAX_STREAMS=str(STREAMS), CLIPGAN_REGISTRATIONS_PER_HOUR="1000")
     proc = subprocess.Popen([sys.executable, "-m", "clipgan.cli", "web", "--port", str(port)],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}"
+    wait_ready(base, proc, path="/healthz", timeout=60)
+    return Server(base, port, proc)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    web = _start_web(tmp_path_factory.mktemp("web"))
     try:
-        wait_ready(base, proc, path="/healthz", timeout=60)
-        yield Server(base, port, proc)
+        yield web
     finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+        web.proc.terminate()
+        web.proc.wait(timeout=30)
+
+
+def _sign_up(server: Server, name: str) -> str:
+    account = {"username": name, "email": f"{name}@example.com", "password": "password123"}
+    httpx.post(f"{server.base}/v1/users", json=account).raise_for_status()
+    response = httpx.post(f"{server.base}/v1/auth/token",
+                          data={"username": name, "password": "password123"})
+    return response.json()["access_token"]
 
 
 @pytest.fixture(scope="module")
 def token(server: Server) -> str:
-    account = {"username": "carol", "email": "carol@example.com", "password": "password123"}
-    httpx.post(f"{server.base}/v1/users", json=account).raise_for_status()
-    response = httpx.post(f"{server.base}/v1/auth/token",
-                          data={"username": "carol", "password": "password123"})
-    return response.json()["access_token"]
+    return _sign_up(server, "carol")
 
 
 def _start(server: Server, head: str, first_part: bytes = b"") -> socket.socket:
@@ -188,3 +200,51 @@ def test_uploads_at_once_are_bounded(server: Server, token: str) -> None:
     assert complete.status_code == 202, complete.text
     assert waited > BODY_TIMEOUT_S - 1
     assert [_status_of(s, 5) for s in stuck] == [408, 408]
+
+
+def _queued_job(server: Server, token: str) -> str:
+    response = httpx.post(f"{server.base}/v1/jobs", json={"prompt": "a girl"},
+                          headers={"Authorization": f"Bearer {token}"})
+    assert response.status_code == 202, response.text
+    return response.json()["id"]  # no ML side: it stays queued, its stream stays open
+
+
+def _open_stream(server: Server, token: str, job_id: str) -> tuple[int, socket.socket]:
+    sock = _start(server, _head("GET", f"/v1/jobs/{job_id}/events",
+                                f"Authorization: Bearer {token}"))
+    sock.settimeout(5)
+    line = b""
+    while not line.endswith(b"\r\n"):
+        line += sock.recv(1)
+    return int(line.split()[1]), sock
+
+
+def test_event_streams_are_capped_per_account_and_per_process(server: Server) -> None:
+    erin, frank = _sign_up(server, "erin"), _sign_up(server, "frank")
+    erin_job, frank_job = _queued_job(server, erin), _queued_job(server, frank)
+    erins = [_open_stream(server, erin, erin_job) for _ in range(STREAMS_PER_USER + 1)]
+    assert [status for status, _ in erins] == [200] * STREAMS_PER_USER + [429]
+    franks = [_open_stream(server, frank, frank_job) for _ in range(STREAMS - STREAMS_PER_USER + 1)]
+    assert [status for status, _ in franks] == [200] * (STREAMS - STREAMS_PER_USER) + [429]
+    for _, sock in erins + franks:
+        sock.close()
+    time.sleep(1.5)  # the server notices the clients left
+    status, sock = _open_stream(server, erin, erin_job)
+    sock.close()
+    assert status == 200
+
+
+def test_stopping_the_server_ends_open_streams(tmp_path: Path) -> None:
+    web = _start_web(tmp_path)
+    try:
+        token = _sign_up(web, "gina")
+        statuses = [_open_stream(web, token, _queued_job(web, token))[0] for _ in range(2)]
+        assert statuses == [200, 200]
+        start = time.monotonic()
+        web.proc.terminate()  # SIGTERM, as systemd or Kubernetes stops it
+        # uvicorn exits by re-raising the signal once its graceful shutdown is done
+        assert web.proc.wait(timeout=15) in (0, -15)
+        assert time.monotonic() - start < 5
+    finally:
+        if web.proc.poll() is None:
+            web.proc.kill()

@@ -36,7 +36,8 @@ def sign_in(form: Annotated[OAuth2PasswordRequestForm, Depends()], services: Ser
             session: SessionDep) -> TokenPair:
     """Sign in with the OAuth2 password form: an access token and a refresh token."""
     return accounts.sign_in(session, username=form.username, password=form.password,
-                            signing_key=services.signing_key, settings=services.settings.auth)
+                            signing_key=services.signing_key, settings=services.settings.auth,
+                            limiter=services.limiter)
 
 
 @router.post("/v1/auth/refresh", response_model=TokenPair)

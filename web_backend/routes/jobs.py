@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+import weakref
+from collections.abc import AsyncIterator, Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request, Response
@@ -96,48 +97,68 @@ def preview(request: Request, services: ServicesDep,
     return _file_response(request, services, job.preview_key, "preview", job)
 
 
-def _snapshot(services: Services, job_id: str) -> tuple[JobOut, str | None] | None:
+def _snapshot(services: Services, job_id: str, links_not_after: int,
+              ) -> tuple[JobOut, str | None] | None:
     """The job as the client sees it, plus its preview's key (signed URLs change each call)."""
     with services.session_factory() as session:
         job = session.get(Job, job_id)
         if job is None:
             return None
-        return jobs.job_out(session, services, job), job.preview_key
+        return jobs.job_out(session, services, job, links_not_after=links_not_after), \
+            job.preview_key
 
 
 @router.get("/{job_id}/events", response_class=StreamingResponse,
-            responses={200: {"content": {"text/event-stream": {}}}})
+            responses={200: {"content": {"text/event-stream": {}}},
+                       429: {"description": "too many open streams"}})
 async def events(request: Request, services: ServicesDep,
                  job: Annotated[Job, job_by_token_or_link("events")]) -> StreamingResponse:
     """Live server-sent events ``status``, ``progress``, ``preview``, then ``done``."""
-
-    async def stream() -> AsyncIterator[str]:
-        seen: dict[str, Any] = {}
-        beat = time.monotonic()
-        while not await request.is_disconnected():
-            snapshot = await run_in_threadpool(_snapshot, services, job.id)
-            if snapshot is None:
-                yield "event: done\ndata: {}\n\n"
-                return
-            out, preview_key = snapshot
-            data = out.model_dump_json()
-            changes = {"status": out.status, "progress": out.progress.step,
-                       "preview": preview_key}
-            if not seen:  # the first status event carries the whole job, progress included
-                seen["progress"] = out.progress.step
-            for name, value in changes.items():
-                if seen.get(name, ...) != value:
-                    seen[name] = value
-                    if value is not None:
-                        yield f"event: {name}\ndata: {data}\n\n"
-                        beat = time.monotonic()
-            if JobStatus(out.status).terminal:
-                yield f"event: done\ndata: {data}\n\n"
-                return
-            if time.monotonic() - beat > SSE_HEARTBEAT_S:
-                yield ": keep-alive\n\n"
-                beat = time.monotonic()
-            await asyncio.sleep(SSE_POLL_S)
-
-    return StreamingResponse(stream(), media_type="text/event-stream",
+    release = services.streams.admit(job.user_id)  # 429 here, before the response starts
+    events = _job_events(request, services, job.id, request.state.credential_expires_at,
+                         release)
+    weakref.finalize(events, release)  # a stream never started still gives its place back
+    return StreamingResponse(events, media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+async def _job_events(request: Request, services: Services, job_id: str, expires_at: int,
+                      release: Callable[[], None]) -> AsyncIterator[str]:
+    try:
+        async for event in _changes(request, services, job_id, expires_at):
+            yield event
+    finally:
+        release()
+
+
+async def _changes(request: Request, services: Services, job_id: str, expires_at: int,
+                   ) -> AsyncIterator[str]:
+    seen: dict[str, Any] = {}
+    beat = time.monotonic()
+    # Ends when the job does, the client leaves, the credential that opened it
+    # expires (the page then asks for a fresh link) or the server is stopping.
+    while not await request.is_disconnected() and time.time() < expires_at \
+            and not services.streams.closing:
+        snapshot = await run_in_threadpool(_snapshot, services, job_id, expires_at)
+        if snapshot is None:
+            yield "event: done\ndata: {}\n\n"
+            return
+        out, preview_key = snapshot
+        data = out.model_dump_json()
+        changes = {"status": out.status, "progress": out.progress.step,
+                   "preview": preview_key}
+        if not seen:  # the first status event carries the whole job, progress included
+            seen["progress"] = out.progress.step
+        for name, value in changes.items():
+            if seen.get(name, ...) != value:
+                seen[name] = value
+                if value is not None:
+                    yield f"event: {name}\ndata: {data}\n\n"
+                    beat = time.monotonic()
+        if JobStatus(out.status).terminal:
+            yield f"event: done\ndata: {data}\n\n"
+            return
+        if time.monotonic() - beat > SSE_HEARTBEAT_S:
+            yield ": keep-alive\n\n"
+            beat = time.monotonic()
+        await asyncio.sleep(SSE_POLL_S)

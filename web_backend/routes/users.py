@@ -20,8 +20,11 @@ def me(user: CurrentUser, services: ServicesDep) -> UserDetail:
 
 
 @router.put("/v1/users/me/password", status_code=204)
-def change_password(body: PasswordChange, login: CurrentLogin, session: SessionDep) -> None:
+def change_password(body: PasswordChange, login: CurrentLogin, session: SessionDep,
+                    services: ServicesDep) -> None:
     """Change your password; your other logins are signed out, this one stays."""
     user, auth_session = login
     accounts.change_password(session, user=user, login=auth_session,
-                             current=body.current_password, new=body.new_password)
+                             current=body.current_password, new=body.new_password,
+                             limiter=services.limiter,
+                             attempts_per_hour=services.settings.auth.password_changes_per_hour)
