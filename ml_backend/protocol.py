@@ -234,5 +234,22 @@ class Failure(BaseModel):
     def http_status(self) -> int:
         return _HTTP_STATUS[self.code]
 
+    @property
+    def public_message(self) -> str:
+        """What a user may read: their own request's problem, or a fixed sentence per
+        code. The message itself (exception text from inside a service) is for logs."""
+        if self.code == "invalid_request":
+            return self.message[:500]
+        return _PUBLIC_MESSAGES[self.code]
+
+
+_PUBLIC_MESSAGES: dict[FailureCode, str] = {
+    "cancelled": "cancelled by the user",
+    "timeout": "the job ran past its time limit",
+    "busy": "the image service is at capacity",
+    "unavailable": "the image service could not be reached",
+    "internal": "the image service failed on this job",
+}
+
 
 StreamMessage = Annotated[Progress | Result | Failure, Field(discriminator="kind")]

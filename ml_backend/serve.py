@@ -54,6 +54,9 @@ _INVALID = (GuidanceError, UnknownModelError, ValidationError, ValueError)
 _DONE = object()
 
 
+MIN_INGRESS_SECRET = 32
+
+
 def failure_from(exc: BaseException) -> Failure:
     """What went wrong on the ML side, as the caller's retry decision needs it."""
     if isinstance(exc, SearchCancelled):
@@ -150,6 +153,11 @@ class GeneratorIngress:
     """
 
     def __init__(self, generator: DeploymentHandle, secret: str) -> None:
+        # fail closed here too, not only in settings: a caller that builds the class
+        # directly with "" would otherwise accept "Authorization: Bearer " as the secret
+        if len(secret.strip()) < MIN_INGRESS_SECRET or len(set(secret)) < 8:
+            raise ValueError(f"the ingress needs a shared secret of at least "
+                             f"{MIN_INGRESS_SECRET} random characters")
         self._generator = generator
         self._secret = secret.encode()
 

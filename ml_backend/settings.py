@@ -66,7 +66,7 @@ class MLSettings(BaseSettings):
     def _ingress_needs_a_secret(self) -> MLSettings:
         if self.ingress_enabled:
             secret = self.ingress_secret.get_secret_value() if self.ingress_secret else ""
-            if len(secret) < 32:
+            if len(secret.strip()) < 32 or len(set(secret)) < 8:
                 raise ValueError("CLIPGAN_INGRESS_SECRET must be set to at least 32 characters "
                                  "when the HTTP ingress is enabled (e.g. `openssl rand -hex 32`)")
         if self.min_replicas > self.max_replicas:

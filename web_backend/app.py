@@ -19,7 +19,7 @@ from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from web_backend import migrate
 from web_backend.bodies import BodyLimit
-from web_backend.db import make_engine, make_session_factory
+from web_backend.db import keep_private, make_engine, make_session_factory
 from web_backend.dispatcher import Dispatcher
 from web_backend.errors import install_error_handlers
 from web_backend.logs import RequestIdMiddleware
@@ -29,6 +29,7 @@ from web_backend.ml_client import MLClient, NoMLClient, ml_client_from_settings
 from web_backend.ratelimit import RateLimiter
 from web_backend.routes import admin, auth, jobs, samples, system, users
 from web_backend.security import TokenError, decode_access_token
+from web_backend.security_headers import SecurityHeaders
 from web_backend.services import Services
 from web_backend.settings import WebSettings
 from web_backend.storage import LocalBlobStore
@@ -81,6 +82,8 @@ def create_app(settings: WebSettings | None = None, *, ml_client: MLClient | Non
     """
     settings = settings or WebSettings()
     url = settings.data.resolved_database_url
+    if url.startswith("sqlite"):
+        keep_private(url)  # accounts and password hashes: owner-only, like the key file
     if migrate_sqlite and url.startswith("sqlite"):
         migrate.upgrade(url)
     services = build_services(settings, ml_client)
@@ -133,6 +136,7 @@ def create_app(settings: WebSettings | None = None, *, ml_client: MLClient | Non
                        uploads={("POST", "/v1/jobs"): MAX_SUBMISSION_BYTES},
                        may_upload=_bearer_checker(services.signing_key),
                        max_concurrent_uploads=settings.http.max_concurrent_uploads)
+    app.add_middleware(SecurityHeaders)  # on refusals from the layers inside too
     app.add_middleware(RequestIdMiddleware)  # ids even on refused requests
     if settings.http.forwarded_allow_ips:  # outermost: every layer sees the client's address
         app.add_middleware(ProxyHeadersMiddleware,

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 __all__ = ["WRITE_OPTION", "make_engine", "make_session_factory"]
@@ -47,3 +49,15 @@ def make_session_factory(engine: Engine, *, writes: bool = False) -> sessionmake
     """``writes=True``: sessions that will change rows (matters on SQLite only)."""
     bind = engine.execution_options(**{WRITE_OPTION: True}) if writes else engine
     return sessionmaker(bind, expire_on_commit=False)
+
+
+def keep_private(sqlite_url: str) -> None:
+    """Create the SQLite file owner-only (0600) before SQLite creates it world-readable;
+    tighten an existing one. SQLite gives its -wal and -shm files the same mode."""
+    database = make_url(sqlite_url).database
+    if not database or database == ":memory:":
+        return
+    path = Path(database)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
+    os.chmod(path, 0o600)

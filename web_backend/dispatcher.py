@@ -208,20 +208,22 @@ class Dispatcher:
             metrics.job_seconds.labels(status="succeeded").observe(
                 outcome.timings.get("total_s", 0.0))
             metrics.search_steps.inc(outcome.steps)
-        elif outcome.code == "cancelled":
-            await self._write(queue.finish, claim, status=JobStatus.cancelled,
-                              error=outcome.message)
+            return
+        # the job row shows fixed sentences; what went wrong inside is logged here
+        shown = outcome.public_message
+        if outcome.code not in ("cancelled", "invalid_request"):
+            log.warning("job %s attempt %d: %s: %s", claim.job_id, claim.attempt, outcome.code,
+                        outcome.message)
+        if outcome.code == "cancelled":
+            await self._write(queue.finish, claim, status=JobStatus.cancelled, error=shown)
         elif outcome.code == "busy":  # nothing started: wait, without spending an attempt
-            await self._write(queue.requeue, claim, reason=f"waiting for capacity: "
-                              f"{outcome.message}", delay_s=self.settings.backoff_s[0],
-                              count_attempt=False)
+            await self._write(queue.requeue, claim, reason=f"waiting for capacity: {shown}",
+                              delay_s=self.settings.backoff_s[0], count_attempt=False)
         elif not outcome.retryable or claim.attempt >= self.settings.max_attempts:
-            error = outcome.message if not outcome.retryable else (
-                f"the image service failed {claim.attempt} times; last error: {outcome.message}")
+            error = shown if not outcome.retryable else (
+                f"the image service failed {claim.attempt} times; last error: {shown}")
             await self._write(queue.finish, claim, status=JobStatus.failed, error=error)
         else:
             delay = self.settings.backoff_before(claim.attempt)
-            log.warning("job %s attempt %d failed (%s); retrying in %.0f s", claim.job_id,
-                        claim.attempt, outcome.message, delay)
-            await self._write(queue.requeue, claim, reason=f"retrying: {outcome.message}",
-                              delay_s=delay)
+            log.info("job %s: retrying in %.0f s", claim.job_id, delay)
+            await self._write(queue.requeue, claim, reason=f"retrying: {shown}", delay_s=delay)

@@ -13,11 +13,12 @@ directory, so sessions survive restarts without anyone committing a secret.
 
 from __future__ import annotations
 
+import ipaddress
 import secrets
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = [
@@ -109,8 +110,22 @@ class HttpSettings(_Group):
         "Open event streams per account per worker (429 beyond)."))
     max_streams: int = var("MAX_STREAMS", 1000, ge=1, description=(
         "Open event streams per worker (429 beyond)."))
+    metrics_allow_ips: list[str] = var_list("METRICS_ALLOW_IPS", list, description=(
+        "Addresses or networks that may read /metrics; default: anyone who reaches it."))
     stalled_after_s: float = var("STALLED_AFTER_S", 30.0, gt=0, description=(
         "/healthz fails when requests waited this long and no request finished."))
+
+
+    @field_validator("metrics_allow_ips")
+    @classmethod
+    def _networks(cls, entries: list[str]) -> list[str]:
+        for entry in entries:
+            if entry != "*":
+                try:
+                    ipaddress.ip_network(entry, strict=False)
+                except ValueError:
+                    raise ValueError(f"{entry!r} is not an IP address or network") from None
+        return entries
 
 
 class SampleSettings(_Group):
@@ -163,9 +178,11 @@ class MLClientSettings(_Group):
 
     @model_validator(mode="after")
     def _http_needs_an_address(self) -> MLClientSettings:
-        if self.transport == "http" and (not self.url or not self.secret):
-            raise InsecureSettingsError("CLIPGAN_ML_TRANSPORT=http needs CLIPGAN_ML_URL and "
-                                        "CLIPGAN_ML_SECRET")
+        secret = self.secret.get_secret_value().strip() if self.secret else ""
+        if self.transport == "http" and (not self.url or len(secret) < MIN_SECRET_LENGTH):
+            raise InsecureSettingsError(
+                "CLIPGAN_ML_TRANSPORT=http needs CLIPGAN_ML_URL and CLIPGAN_ML_SECRET (the "
+                f"ingress's secret, at least {MIN_SECRET_LENGTH} characters)")
         return self
 
 
@@ -193,7 +210,8 @@ class WebSettings(_Group):
                     "CLIPGAN_SECRET_KEY is not set; set it to a random string of at least "
                     f"{MIN_SECRET_LENGTH} characters (e.g. `openssl rand -hex 32`), or set "
                     "CLIPGAN_ENV=dev for local development")
-            if len(key) < MIN_SECRET_LENGTH or key.lower() in _KNOWN_DEFAULTS:
+            if (len(key.strip()) < MIN_SECRET_LENGTH or key.lower() in _KNOWN_DEFAULTS
+                    or len(set(key)) < 8):
                 raise InsecureSettingsError(
                     f"CLIPGAN_SECRET_KEY is too short or a known default; use at least "
                     f"{MIN_SECRET_LENGTH} random characters")

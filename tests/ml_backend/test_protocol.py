@@ -70,3 +70,15 @@ def test_messages_round_trip_as_json() -> None:
                  demo_weights=True)
     assert Result.model_validate_json(res.model_dump_json()).png == b"\x89PNG"
     assert Progress.model_validate_json(Progress(step=1, total=2, score=0.1).model_dump_json())
+
+
+def test_users_see_their_own_mistakes_but_not_internal_errors() -> None:
+    from ml_backend.protocol import Failure
+
+    own = Failure(code="invalid_request", message="prompt is longer than CLIP's 77 tokens")
+    assert own.public_message == own.message
+    inside = Failure(code="internal", message="RuntimeError: CUDA error at 0x7f3a /opt/ray/x.py")
+    assert inside.public_message == "the image service failed on this job"
+    for code in ("timeout", "busy", "unavailable", "cancelled"):
+        leaked = Failure(code=code, message="Traceback at /srv/secret")
+        assert "/srv" not in leaked.public_message

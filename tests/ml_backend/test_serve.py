@@ -18,6 +18,7 @@ from ray.serve.schema import ServeDeploySchema
 from ml_backend.protocol import Failure, GenerationRequest, Progress, Result
 from ml_backend.serve import app_builder, build_app, deployment_options
 from ml_backend.settings import MLSettings
+from tests.servers import CLUSTER_SECRET
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -95,9 +96,20 @@ def test_deployment_options_follow_settings() -> None:
     assert opts["graceful_shutdown_timeout_s"] == 1200
 
 
-def test_ingress_refuses_to_start_without_a_real_secret() -> None:
+@pytest.mark.parametrize("secret", ["short", " " * 40, "a" * 40, "\t\n" * 20])
+def test_ingress_refuses_to_start_without_a_real_secret(secret: str) -> None:
     with pytest.raises(ValueError, match="CLIPGAN_INGRESS_SECRET must be set to at least 32"):
-        MLSettings(ingress_enabled=True, ingress_secret="short")
+        MLSettings(ingress_enabled=True, ingress_secret=secret)
+
+
+@pytest.mark.parametrize("secret", ["", " " * 40, "x" * 31])
+def test_the_ingress_class_itself_fails_closed(secret: str) -> None:
+    """Built without settings (a test, another app), it still refuses a weak secret:
+    with "" it would have accepted 'Authorization: Bearer ' from anyone."""
+    from ml_backend.serve import GeneratorIngress
+
+    with pytest.raises(ValueError, match="shared secret of at least 32"):
+        GeneratorIngress(None, secret)  # type: ignore[arg-type]
 
 
 # --- operator files ---------------------------------------------------------------------
@@ -153,7 +165,7 @@ def test_start_options_keep_the_proxy_off_by_default() -> None:
     from ml_backend.serve import start_options
 
     assert start_options(MLSettings()) == {"proxy_location": "Disabled"}
-    private = start_options(MLSettings(ingress_enabled=True, ingress_secret="s" * 32,
+    private = start_options(MLSettings(ingress_enabled=True, ingress_secret=CLUSTER_SECRET,
                                        ingress_host="10.0.0.5", ingress_port=9000))
     assert private["http_options"]["host"] == "10.0.0.5"
     assert private["http_options"]["port"] == 9000

@@ -64,3 +64,40 @@ def test_cors_is_same_origin_unless_configured(make_settings: Callable[..., WebS
         assert r.headers["access-control-allow-origin"] == "https://anime.example"
         other = open_.options("/v1/jobs", headers={**preflight, "Origin": "https://evil.example"})
         assert "access-control-allow-origin" not in other.headers
+
+
+def test_responses_carry_security_headers(client: TestClient) -> None:
+    for path in ("/", "/v1/jobs", "/nope", "/healthz"):
+        headers = client.get(path).headers
+        assert headers["content-security-policy"].startswith("default-src 'self'"), path
+        assert "frame-ancestors 'none'" in headers["content-security-policy"]
+        assert headers["x-content-type-options"] == "nosniff"
+        assert headers["referrer-policy"] == "no-referrer"  # signed links stay on this site
+    docs = client.get("/docs").headers  # FastAPI's page loads its own assets
+    assert "content-security-policy" not in docs and docs["x-frame-options"] == "DENY"
+
+
+def test_metrics_can_be_restricted(make_settings: Callable[..., WebSettings]) -> None:
+    with TestClient(create_app(make_settings())) as anyone:
+        assert anyone.get("/metrics").status_code == 200
+    restricted = make_settings(http={"metrics_allow_ips": ["10.0.0.0/8"]})
+    with TestClient(create_app(restricted)) as outsider:
+        refused = outsider.get("/metrics")
+        assert refused.status_code == 403 and "CLIPGAN_METRICS_ALLOW_IPS" in refused.text
+
+
+def test_the_sqlite_file_is_private(tmp_path: Path) -> None:
+    settings = WebSettings(env="dev", data={"dir": tmp_path})
+    create_app(settings)
+    for name in ("clipgan.db", "dev-secret-key"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o600, name
+
+
+def test_readiness_and_models_name_no_internal_error(make_settings, tmp_path: Path) -> None:
+    broken = make_settings(data={"database_url": "postgresql+psycopg://postgres@127.0.0.1:1/x"})
+    with TestClient(create_app(broken)) as client:
+        assert client.get("/readyz").json()["checks"] == {"database": "unreachable",
+                                                          "ml": "unreachable"}
+        detail = client.get("/v1/models").json()["detail"]
+        assert detail == ("the image service is not reachable right now; jobs are still "
+                          "accepted and wait in the queue")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ipaddress
+import logging
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -10,11 +12,21 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 
-from web_backend.deps import ServicesDep
-from web_backend.errors import ServiceUnavailable
+from web_backend.deps import ClientAddress, ServicesDep
+from web_backend.errors import Forbidden, ServiceUnavailable
 from web_backend.ml_client import MLUnavailable
 
 __all__ = ["router"]
+
+
+def _address_in(address: str, networks: list[str]) -> bool:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return any(ip in ipaddress.ip_network(net, strict=False) for net in networks)
+
+log = logging.getLogger(__name__)
 
 router = APIRouter(tags=["system"])
 
@@ -36,7 +48,8 @@ def _database_ok(services: ServicesDep) -> str:
             conn.execute(text("SELECT 1"))
         return "ok"
     except Exception as exc:
-        return f"unreachable: {type(exc).__name__}"
+        log.warning("readiness: database unreachable: %s: %s", type(exc).__name__, exc)
+        return "unreachable"
 
 
 @router.get("/readyz", responses={503: {"description": "a dependency is down"}})
@@ -47,12 +60,14 @@ async def readyz(services: ServicesDep) -> JSONResponse:
         await services.ml.info()
         checks["ml"] = "ok"
     except MLUnavailable as exc:
-        checks["ml"] = f"unreachable: {exc}"
+        log.warning("readiness: ML side unreachable: %s", exc)
+        checks["ml"] = "unreachable"
     if services.limiter.shared:
         try:
             checks["redis"] = "ok" if await run_in_threadpool(services.limiter.ping) else "down"
         except Exception as exc:
-            checks["redis"] = f"unreachable: {type(exc).__name__}"
+            log.warning("readiness: Redis unreachable: %s: %s", type(exc).__name__, exc)
+            checks["redis"] = "unreachable"
     ready = all(v == "ok" for v in checks.values())
     return JSONResponse({"status": "ready" if ready else "not ready", "checks": checks},
                         status_code=200 if ready else 503)
@@ -64,13 +79,17 @@ async def models(services: ServicesDep) -> dict[str, Any]:
     try:
         info = await services.ml.info()
     except MLUnavailable as exc:
-        raise ServiceUnavailable(f"the image service is not reachable right now ({exc}); jobs "
-                                 "are still accepted and wait in the queue",
+        log.warning("models: ML side unreachable: %s", exc)
+        raise ServiceUnavailable("the image service is not reachable right now; jobs are "
+                                 "still accepted and wait in the queue",
                                  retry_after_s=30) from None
     return {"models": info.get("models", {}), "upscaler": info.get("upscaler")}
 
 
 @router.get("/metrics", response_class=Response, include_in_schema=False)
-def metrics(services: ServicesDep) -> Response:
+def metrics(services: ServicesDep, address: ClientAddress) -> Response:
     """Prometheus text format: queue depth, jobs by status, durations, limit refusals."""
+    allowed = services.settings.http.metrics_allow_ips
+    if allowed and not _address_in(address, allowed):
+        raise Forbidden("metrics are readable only from CLIPGAN_METRICS_ALLOW_IPS")
     return Response(generate_latest(services.metrics.registry), media_type=CONTENT_TYPE_LATEST)
