@@ -140,7 +140,7 @@ def test_bad_requests_fail_clearly(pipeline: Pipeline) -> None:
     with pytest.raises(GuidanceError, match="tokens long"):
         pipeline.submit(GenerationRequest(prompt="word " * 80))
     handle = pipeline.submit(GenerationRequest(image_prompt=b"junk", steps=2))
-    with pytest.raises(GuidanceError, match="not a readable image"):
+    with pytest.raises(GuidanceError, match="not a readable PNG, JPEG or WebP image"):
         handle.result(timeout=60)
 
 

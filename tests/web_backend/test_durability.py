@@ -6,6 +6,7 @@ on a fresh PostgreSQL database with a short lease, then breaks something for rea
 """
 
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -31,6 +32,9 @@ def pg_url() -> Iterator[str]:
         yield url
 
 
+SHARED_SECRET_KEY = secrets.token_hex(32)  # every web process of a deployment signs alike
+
+
 class Server:
     def __init__(self, url: str, data_dir: Path) -> None:
         self.port = free_port()
@@ -39,7 +43,7 @@ class Server:
         env.update(CLIPGAN_DATA_DIR=str(data_dir), CLIPGAN_DATABASE_URL=url,
                    CLIPGAN_JOB_LEASE_S="3", CLIPGAN_RETRY_BACKOFF_S="[0.5]",
                    CLIPGAN_MAX_ACTIVE_JOBS="20", CLIPGAN_SUBMISSIONS_PER_MINUTE="100",
-                   CLIPGAN_SECRET_KEY="k" * 40, CLIPGAN_ENV="prod",
+                   CLIPGAN_SECRET_KEY=SHARED_SECRET_KEY, CLIPGAN_ENV="prod",
                    RAY_USAGE_STATS_ENABLED="0")
         self.log = (data_dir / f"server-{self.port}.log").open("w")
         self.proc = subprocess.Popen([sys.executable, "-m", "clipgan.cli", "serve", "--port",
