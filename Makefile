@@ -45,6 +45,7 @@ bench: $(STAMP)
 	$(PY) bench/serve.py
 	$(PY) bench/web.py
 	$(PY) bench/e2e.py
+	$(PY) bench/hostile_clients.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 
 from web_backend.errors import Forbidden, NotFound, Unauthorized
 from web_backend.models import AuthSession, Job, User
-from web_backend.security import TokenError, decode_access_token, verify_link
+from web_backend.security import AccessClaims, TokenError, decode_access_token, verify_link
 from web_backend.services import Services
 from web_backend.settings import WebSettings
 
@@ -82,14 +82,16 @@ def get_session(request: Request, services: ServicesDep) -> Iterator[Session]:
 SessionDep = Annotated[Session, Depends(get_session)]
 
 
-def _user_from_token(token: str | None, services: Services, session: Session,
-                     ) -> tuple[User, AuthSession]:
+def _claims(token: str | None, services: Services) -> AccessClaims:
     if not token:
         raise Unauthorized("not signed in: send 'Authorization: Bearer <access token>'")
     try:
-        claims = decode_access_token(services.signing_key, token)
+        return decode_access_token(services.signing_key, token)
     except TokenError:
         raise Unauthorized("invalid or expired access token; sign in again or refresh") from None
+
+
+def _login(claims: AccessClaims, session: Session) -> tuple[User, AuthSession]:
     row = session.execute(
         select(User, AuthSession).join(AuthSession, AuthSession.user_id == User.id)
         .where(User.id == claims.user_id, AuthSession.id == claims.session_id)
@@ -104,7 +106,7 @@ def _user_from_token(token: str | None, services: Services, session: Session,
 
 def get_current_login(token: Annotated[str | None, Depends(oauth2_scheme)],
                       services: ServicesDep, session: SessionDep) -> tuple[User, AuthSession]:
-    return _user_from_token(token, services, session)
+    return _login(_claims(token, services), session)
 
 
 CurrentLogin = Annotated[tuple[User, AuthSession], Depends(get_current_login)]
@@ -168,9 +170,9 @@ def job_by_token_or_link(kind: str) -> Any:
                 raise Forbidden("this link is invalid or has expired")
             request.state.credential_expires_at = exp
             return job
-        user, _ = _user_from_token(token, services, session)
-        request.state.credential_expires_at = decode_access_token(
-            services.signing_key, token or "").expires_at
+        claims = _claims(token, services)
+        user, _ = _login(claims, session)
+        request.state.credential_expires_at = claims.expires_at
         return _owned(job_id, user, session)
 
     return Depends(dependency)

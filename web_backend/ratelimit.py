@@ -46,17 +46,16 @@ class RateLimiter:
         self.shared = redis_url is not None
 
     def hit(self, name: str, identity: str, *, limit: int, per: str = "minute") -> LimitResult:
-        item = _PERIODS[per](limit)
-        allowed = self.limiter.hit(item, name, identity)
-        stats = self.limiter.get_window_stats(item, name, identity)
-        reset = max(0, math.ceil(stats.reset_time - time.time()))
-        return LimitResult(allowed=allowed, limit=limit, remaining=max(0, stats.remaining),
-                           reset_after_s=reset)
+        return self._check(name, identity, limit=limit, per=per, count=True)
 
     def peek(self, name: str, identity: str, *, limit: int, per: str = "minute") -> LimitResult:
         """Whether one more hit would fit, without counting one (limits on failures)."""
+        return self._check(name, identity, limit=limit, per=per, count=False)
+
+    def _check(self, name: str, identity: str, *, limit: int, per: str, count: bool,
+               ) -> LimitResult:
         item = _PERIODS[per](limit)
-        allowed = self.limiter.test(item, name, identity)
+        allowed = (self.limiter.hit if count else self.limiter.test)(item, name, identity)
         stats = self.limiter.get_window_stats(item, name, identity)
         reset = max(0, math.ceil(stats.reset_time - time.time()))
         return LimitResult(allowed=allowed, limit=limit, remaining=max(0, stats.remaining),

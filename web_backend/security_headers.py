@@ -18,7 +18,7 @@ CONTENT_SECURITY_POLICY = ("default-src 'self'; img-src 'self' data: blob:; obje
                            "base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
 _ALWAYS = {"X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer",
            "X-Frame-Options": "DENY"}
-_OWN_PAGES_EXCEPT = ("/docs", "/redoc")
+_FASTAPI_PAGES = ("/docs", "/redoc")
 
 
 class SecurityHeaders:
@@ -29,7 +29,7 @@ class SecurityHeaders:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        strict = not scope["path"].startswith(_OWN_PAGES_EXCEPT)
+        strict = not scope["path"].startswith(_FASTAPI_PAGES)
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":

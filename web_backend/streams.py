@@ -80,8 +80,9 @@ class StreamGate:
             chained = previous.get(signum)
             if callable(chained):
                 chained(signum, frame)
-            elif chained == signal.SIG_DFL and signum == signal.SIGINT:
-                raise KeyboardInterrupt
+            elif chained == signal.SIG_DFL:  # what the signal did before: end the process
+                signal.signal(signum, signal.SIG_DFL)
+                signal.raise_signal(signum)
 
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):

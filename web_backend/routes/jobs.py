@@ -125,40 +125,34 @@ async def events(request: Request, services: ServicesDep,
 async def _job_events(request: Request, services: Services, job_id: str, expires_at: int,
                       release: Callable[[], None]) -> AsyncIterator[str]:
     try:
-        async for event in _changes(request, services, job_id, expires_at):
-            yield event
+        seen: dict[str, Any] = {}
+        beat = time.monotonic()
+        # Ends when the job does, the client leaves, the credential that opened it
+        # expires (the page then asks for a fresh link) or the server is stopping.
+        while not await request.is_disconnected() and time.time() < expires_at \
+                and not services.streams.closing:
+            snapshot = await run_in_threadpool(_snapshot, services, job_id, expires_at)
+            if snapshot is None:
+                yield "event: done\ndata: {}\n\n"
+                return
+            out, preview_key = snapshot
+            data = out.model_dump_json()
+            changes = {"status": out.status, "progress": out.progress.step,
+                       "preview": preview_key}
+            if not seen:  # the first status event carries the whole job, progress included
+                seen["progress"] = out.progress.step
+            for name, value in changes.items():
+                if seen.get(name, ...) != value:
+                    seen[name] = value
+                    if value is not None:
+                        yield f"event: {name}\ndata: {data}\n\n"
+                        beat = time.monotonic()
+            if JobStatus(out.status).terminal:
+                yield f"event: done\ndata: {data}\n\n"
+                return
+            if time.monotonic() - beat > SSE_HEARTBEAT_S:
+                yield ": keep-alive\n\n"
+                beat = time.monotonic()
+            await asyncio.sleep(SSE_POLL_S)
     finally:
-        release()
-
-
-async def _changes(request: Request, services: Services, job_id: str, expires_at: int,
-                   ) -> AsyncIterator[str]:
-    seen: dict[str, Any] = {}
-    beat = time.monotonic()
-    # Ends when the job does, the client leaves, the credential that opened it
-    # expires (the page then asks for a fresh link) or the server is stopping.
-    while not await request.is_disconnected() and time.time() < expires_at \
-            and not services.streams.closing:
-        snapshot = await run_in_threadpool(_snapshot, services, job_id, expires_at)
-        if snapshot is None:
-            yield "event: done\ndata: {}\n\n"
-            return
-        out, preview_key = snapshot
-        data = out.model_dump_json()
-        changes = {"status": out.status, "progress": out.progress.step,
-                   "preview": preview_key}
-        if not seen:  # the first status event carries the whole job, progress included
-            seen["progress"] = out.progress.step
-        for name, value in changes.items():
-            if seen.get(name, ...) != value:
-                seen[name] = value
-                if value is not None:
-                    yield f"event: {name}\ndata: {data}\n\n"
-                    beat = time.monotonic()
-        if JobStatus(out.status).terminal:
-            yield f"event: done\ndata: {data}\n\n"
-            return
-        if time.monotonic() - beat > SSE_HEARTBEAT_S:
-            yield ": keep-alive\n\n"
-            beat = time.monotonic()
-        await asyncio.sleep(SSE_POLL_S)
+        release()  # the stream's place under the caps, however it ended
