@@ -11,7 +11,14 @@ import re
 import unicodedata
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
 
 from ml_backend.recipe import DEFAULT_RECIPE
 
@@ -46,7 +53,8 @@ _WHITESPACE_CONTROLS = {ord(c): " " for c in "\t\n\r\v\f"}
 class WeightedPrompt(BaseModel):
     """One text the image should resemble (weight > 0) or avoid (weight < 0)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"text": "a girl with silver hair", "weight": 1.0}]})
 
     text: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS)
     weight: float = Field(1.0, ge=-10, le=10)
@@ -95,10 +103,23 @@ def seed_to_int(seed: int | str) -> int:
 Seed = int | Annotated[str, Field(min_length=1, max_length=64)]
 
 
+# In JSON an image prompt travels as base64 text (4 characters per 3 bytes).
+ImagePromptBytes = Annotated[bytes, WithJsonSchema({
+    "type": "string", "contentEncoding": "base64", "contentMediaType": "image/*",
+    "maxLength": -(-MAX_IMAGE_PROMPT_BYTES // 3) * 4})]
+
+
 class GenerationRequest(BaseModel):
     """A picture to make. No prompt and no image prompt means a plain random sample."""
 
-    model_config = ConfigDict(extra="forbid", ser_json_bytes="base64", val_json_bytes="base64")
+    model_config = ConfigDict(
+        extra="forbid", ser_json_bytes="base64", val_json_bytes="base64",
+        json_schema_extra={"examples": [
+            {"prompt": "a girl with silver hair, smiling:1 | blurry:-0.5", "seed": "alice",
+             "upscale": 2},
+            {"prompts": [{"text": "a girl with silver hair", "weight": 1.0},
+                         {"text": "blurry", "weight": -0.5}], "psi": 0.7, "steps": 60},
+        ]})
 
     prompt: str | None = Field(None, max_length=MAX_PROMPT_CHARS, description=(
         "What the picture should show; 'a:1 | b:-0.5' weights parts, negative weights avoid."))
@@ -106,7 +127,8 @@ class GenerationRequest(BaseModel):
         "Structured alternative to 'prompt'."))
     negative_prompt: str | None = Field(None, max_length=MAX_PROMPT_CHARS, description=(
         f"What to avoid; parts without a weight count -{NEGATIVE_PROMPT_WEIGHT}."))
-    image_prompt: bytes | None = Field(None, max_length=MAX_IMAGE_PROMPT_BYTES, description=(
+    image_prompt: ImagePromptBytes | None = Field(None, max_length=MAX_IMAGE_PROMPT_BYTES,
+                                                  description=(
         "An image (PNG/JPEG/WebP) the result should resemble, e.g. a selfie."))
     image_prompt_weight: float = Field(1.0, ge=-10, le=10)
     model: str = Field("default", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")

@@ -12,7 +12,6 @@ from pathlib import Path
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse
-from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
 from starlette.datastructures import Headers
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
@@ -26,6 +25,7 @@ from web_backend.logs import RequestIdMiddleware
 from web_backend.metrics import Metrics
 from web_backend.middleware import Admission, ConcurrencyLimit
 from web_backend.ml_client import MLClient, NoMLClient, ml_client_from_settings
+from web_backend.openapi import install_openapi, operation_id
 from web_backend.ratelimit import RateLimiter
 from web_backend.routes import admin, auth, jobs, samples, system, users
 from web_backend.security import TokenError, decode_access_token
@@ -65,13 +65,6 @@ def _report_dispatcher_exit(task: asyncio.Task[None]) -> None:
                      exc_info=task.exception())
 
 
-def _summaries_from_docstrings(app: FastAPI) -> None:
-    """Each route's one-line docstring is its OpenAPI summary (what SDKs and /docs show)."""
-    for route in app.routes:
-        if isinstance(route, APIRoute) and route.summary is None and route.description:
-            route.summary = route.description.strip().splitlines()[0].rstrip(".")
-
-
 def create_app(settings: WebSettings | None = None, *, ml_client: MLClient | None = None,
                migrate_sqlite: bool = True) -> FastAPI:
     """The whole web backend for ``settings`` (default: from the environment).
@@ -108,7 +101,8 @@ def create_app(settings: WebSettings | None = None, *, ml_client: MLClient | Non
             services.engine.dispose()
 
     app = FastAPI(title="clipgan", version="0.1.0", lifespan=lifespan,
-                  description="Text to anime images: accounts, jobs and results.")
+                  description="Text to anime images: accounts, jobs and results.",
+                  generate_unique_id_function=operation_id)
     app.state.services = services
     app.state.dispatcher = None
     install_error_handlers(app)
@@ -118,7 +112,7 @@ def create_app(settings: WebSettings | None = None, *, ml_client: MLClient | Non
                            allow_headers=["Authorization", "Content-Type", "Idempotency-Key"])
     for module in (system, auth, users, jobs, samples, admin):
         app.include_router(module.router)
-    _summaries_from_docstrings(app)
+    install_openapi(app)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
     @app.get("/", include_in_schema=False)

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, EmailStr, Field
 
 from web_backend.models import JobStatus
 
 __all__ = [
-    "Detail", "JobOut", "JobPage", "Limits", "LimitsUpdate", "PasswordChange", "Progress",
-    "RefreshRequest", "TokenPair", "UTCDatetime", "UserCreate", "UserDetail", "UserOut",
+    "Detail", "FieldError", "Health", "JobOut", "JobPage", "Limits", "LimitsUpdate",
+    "ModelInfo", "ModelList", "PasswordChange", "Progress", "Readiness", "RefreshRequest",
+    "SignInForm", "TokenPair", "UTCDatetime", "UserCreate", "UserDetail", "UserOut",
 ]
 
 
@@ -28,7 +29,8 @@ USERNAME_PATTERN = r"^[A-Za-z0-9_.-]{3,32}$"
 
 
 class UserCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"username": "alice", "email": "alice@example.com", "password": "correct horse"}]})
 
     username: str = Field(pattern=USERNAME_PATTERN, description="3-32 of A-Z a-z 0-9 _ . -")
     email: EmailStr = Field(max_length=254, description="Checked by email-validator.")
@@ -59,7 +61,8 @@ class UserDetail(UserOut):
 class LimitsUpdate(BaseModel):
     """null resets a limit to the service default."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"submissions_per_minute": 30, "max_active_jobs": 4, "daily_images": None}]})
 
     submissions_per_minute: int | None = Field(None, ge=1, le=10_000)
     max_active_jobs: int | None = Field(None, ge=1, le=1000)
@@ -67,14 +70,16 @@ class LimitsUpdate(BaseModel):
 
 
 class PasswordChange(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"current_password": "correct horse", "new_password": "battery staple"}]})
 
     current_password: str = Field(min_length=1, max_length=1024)
     new_password: str = Field(min_length=8, max_length=1024)
 
 
 class RefreshRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"refresh_token": "r1.4f0c…"}]})
 
     refresh_token: str = Field(min_length=1, max_length=512)
 
@@ -116,5 +121,57 @@ class JobPage(BaseModel):
     next_cursor: str | None
 
 
+class SignInForm(BaseModel):
+    """The OAuth2 password grant as a form (what Swagger's "Authorize" and OAuth2
+    libraries send); extra OAuth2 fields (scope, client_id) are accepted and ignored."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"username": "alice", "password": "correct horse"}]})
+
+    grant_type: str | None = Field(None, pattern="^password$")
+    username: str = Field(min_length=1, max_length=254)
+    password: str = Field(min_length=1, max_length=1024)
+
+
+class FieldError(BaseModel):
+    """One invalid field: where, what is wrong, and a stable machine-readable type."""
+
+    loc: list[str | int]
+    msg: str
+    type: str
+
+
 class Detail(BaseModel):
-    detail: Any
+    """Every refusal: a sentence saying what to fix, or one entry per invalid field."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"detail": "not signed in: send 'Authorization: Bearer <access token>'"},
+        {"detail": [{"loc": ["body", "steps"], "msg": "Input should be less than or equal "
+                     "to 500", "type": "less_than_equal"}]}]})
+
+    detail: str | list[FieldError]
+
+
+class Health(BaseModel):
+    status: Literal["ok", "stalled"]
+    detail: str | None = None
+
+
+class Readiness(BaseModel):
+    status: Literal["ready", "not ready"]
+    checks: dict[str, str] = Field(description=(
+        "database, ml and (when configured) redis: ok, down or unreachable."))
+
+
+class ModelInfo(BaseModel):
+    description: str
+    default_psi: float
+    resolution: int
+    parameters: int
+    demo_weights: bool = Field(description="Untrained built-in weights: noise, not pictures.")
+    format: str = Field(description="The checkpoint format the weights were read from.")
+
+
+class ModelList(BaseModel):
+    models: dict[str, ModelInfo]
+    upscaler: str | None = Field(description="How upscale 2/4 is done.")

@@ -1,7 +1,8 @@
 """Reading a job submission: JSON (image prompt in base64) or multipart (a file field).
 
 FastAPI cannot declare "this JSON model, or this form" for one route, so this
-dependency reads either and hands the route a validated ``GenerationRequest``.
+dependency reads either and hands the route a validated ``GenerationRequest``
+(``openapi.JOB_SUBMISSION`` documents both).
 """
 
 from __future__ import annotations
@@ -21,29 +22,10 @@ from web_backend.errors import (
     validation_detail,
 )
 
-__all__ = ["MAX_SUBMISSION_BYTES", "SUBMISSION_OPENAPI", "Submission", "read_submission"]
+__all__ = ["MAX_SUBMISSION_BYTES", "Submission", "read_submission"]
 
 MAX_SUBMISSION_BYTES = MAX_IMAGE_PROMPT_BYTES * 4 // 3 + 64 * 1024  # base64 image + the rest
 _MB = 1024 * 1024
-
-SUBMISSION_OPENAPI: dict[str, Any] = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "application/json": {"schema": GenerationRequest.model_json_schema(
-                ref_template="#/components/schemas/{model}")},
-            "multipart/form-data": {"schema": {
-                "type": "object",
-                "properties": {
-                    "request": {"type": "string", "description": "the JSON request"},
-                    "image_prompt": {"type": "string", "format": "binary"},
-                },
-                "required": ["request"],
-            }},
-        },
-    },
-}
-
 
 async def _from_form(request: Request) -> dict[str, Any]:
     form = await request.form(max_files=1, max_fields=10)

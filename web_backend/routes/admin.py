@@ -11,6 +11,7 @@ from web_backend import accounts
 from web_backend.deps import AdminUser, ServicesDep, SessionDep
 from web_backend.errors import NotFound
 from web_backend.models import User
+from web_backend.openapi import refusals
 from web_backend.schemas import LimitsUpdate, UserDetail
 
 __all__ = ["router"]
@@ -33,7 +34,7 @@ def get_user(_: AdminUser, session: SessionDep, user_id: UserId) -> User:
 TargetUser = Annotated[User, Depends(get_user)]
 
 
-@router.get("/users", response_model=list[UserDetail])
+@router.get("/users", response_model=list[UserDetail], responses=refusals(401, 403))
 def list_users(_: AdminUser, session: SessionDep, services: ServicesDep,
                offset: int = Query(0, ge=0, le=10**9), limit: int = Query(50, ge=1, le=500),
                ) -> list[UserDetail]:
@@ -42,7 +43,9 @@ def list_users(_: AdminUser, session: SessionDep, services: ServicesDep,
     return [accounts.user_detail(u, services.settings.limits) for u in users]
 
 
-@router.post("/users/{user_id}/disable", response_model=UserDetail)
+@router.post("/users/{user_id}/disable", response_model=UserDetail,
+             responses=refusals(401, 403, 404, 409, described={
+                 409: "You cannot disable your own account."}))
 def disable_user(user: TargetUser, admin: AdminUser, session: SessionDep,
                  services: ServicesDep) -> UserDetail:
     """Disable an account; its tokens stop working on the next request."""
@@ -50,7 +53,8 @@ def disable_user(user: TargetUser, admin: AdminUser, session: SessionDep,
     return accounts.user_detail(user, services.settings.limits)
 
 
-@router.post("/users/{user_id}/enable", response_model=UserDetail)
+@router.post("/users/{user_id}/enable", response_model=UserDetail,
+             responses=refusals(401, 403, 404))
 def enable_user(user: TargetUser, admin: AdminUser, session: SessionDep,
                 services: ServicesDep) -> UserDetail:
     """Enable an account again (its owner signs in anew)."""
@@ -58,7 +62,8 @@ def enable_user(user: TargetUser, admin: AdminUser, session: SessionDep,
     return accounts.user_detail(user, services.settings.limits)
 
 
-@router.put("/users/{user_id}/limits", response_model=UserDetail)
+@router.put("/users/{user_id}/limits", response_model=UserDetail,
+             responses=refusals(401, 403, 404, 422))
 def set_limits(user: TargetUser, body: LimitsUpdate, _: AdminUser, session: SessionDep,
                services: ServicesDep) -> UserDetail:
     """Override a user's limits; null resets one to the service default."""

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends
-from fastapi.security import OAuth2PasswordRequestForm
+from fastapi import APIRouter, Form
 
 from web_backend import accounts
 from web_backend.deps import CurrentLogin, ServicesDep, SessionDep, limit_per_address
 from web_backend.models import User
-from web_backend.schemas import Detail, RefreshRequest, TokenPair, UserCreate, UserOut
+from web_backend.openapi import refusals
+from web_backend.schemas import RefreshRequest, SignInForm, TokenPair, UserCreate, UserOut
 
 __all__ = ["router"]
 
@@ -25,29 +25,35 @@ _SIGN_INS = limit_per_address(
 
 
 @router.post("/v1/users", status_code=201, response_model=UserOut, dependencies=[_REGISTRATIONS],
-             responses={409: {"model": Detail, "description": "username or email taken"}})
+             responses=refusals(409, 422, 429, described={
+                 409: "That username or email is already registered.",
+                 429: "Too many registrations from this address."}))
 def register(body: UserCreate, session: SessionDep) -> User:
     """Create an account (limited per client address)."""
     return accounts.register(session, body)
 
 
-@router.post("/v1/auth/token", response_model=TokenPair, dependencies=[_SIGN_INS])
-def sign_in(form: Annotated[OAuth2PasswordRequestForm, Depends()], services: ServicesDep,
-            session: SessionDep) -> TokenPair:
+@router.post("/v1/auth/token", response_model=TokenPair, dependencies=[_SIGN_INS],
+             responses=refusals(401, 403, 422, 429, described={
+                 401: "Wrong username or password.", 403: "This account is disabled.",
+                 429: "Too many sign-in attempts from this address or for this account."}))
+def token(form: Annotated[SignInForm, Form()], services: ServicesDep,
+          session: SessionDep) -> TokenPair:
     """Sign in with the OAuth2 password form: an access token and a refresh token."""
     return accounts.sign_in(session, username=form.username, password=form.password,
                             signing_key=services.signing_key, settings=services.settings.auth,
                             limiter=services.limiter)
 
 
-@router.post("/v1/auth/refresh", response_model=TokenPair)
+@router.post("/v1/auth/refresh", response_model=TokenPair,
+             responses=refusals(401, 422))
 def refresh(body: RefreshRequest, services: ServicesDep, session: SessionDep) -> TokenPair:
     """Trade a refresh token (each works once) for a new pair."""
     return accounts.refresh(session, refresh_token=body.refresh_token,
                             signing_key=services.signing_key, settings=services.settings.auth)
 
 
-@router.post("/v1/auth/logout", status_code=204)
-def sign_out(login: CurrentLogin, session: SessionDep) -> None:
+@router.post("/v1/auth/logout", status_code=204, responses=refusals(401, 403))
+def logout(login: CurrentLogin, session: SessionDep) -> None:
     """End this login at once, on every worker."""
     accounts.sign_out(session, login[1])

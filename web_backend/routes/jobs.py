@@ -16,9 +16,10 @@ from web_backend import jobs, queue
 from web_backend.deps import CurrentUser, OwnedJob, ServicesDep, SessionDep, job_by_token_or_link
 from web_backend.errors import Conflict, NotFound
 from web_backend.models import Job, JobStatus
-from web_backend.schemas import Detail, JobOut, JobPage
+from web_backend.openapi import EVENT_STREAM, JOB_SUBMISSION, PNG, refusals
+from web_backend.schemas import JobOut, JobPage
 from web_backend.services import Services
-from web_backend.submission import SUBMISSION_OPENAPI, Submission
+from web_backend.submission import Submission
 
 __all__ = ["router"]
 
@@ -28,10 +29,11 @@ SSE_POLL_S = 0.5
 SSE_HEARTBEAT_S = 15.0
 
 
-@router.post("", status_code=202, response_model=JobOut, openapi_extra=SUBMISSION_OPENAPI,
-             responses={409: {"model": Detail}, 413: {"model": Detail},
-                        415: {"model": Detail}, 429: {"model": Detail}})
-def submit_job(body: Submission, request: Request, response: Response, user: CurrentUser,
+@router.post("", status_code=202, response_model=JobOut, openapi_extra=JOB_SUBMISSION,
+             responses=refusals(401, 403, 409, 415, 422, 429, described={
+                 409: "This Idempotency-Key was used for a different request.",
+                 429: "Submissions per minute, active jobs or the daily quota reached."}))
+def submit(body: Submission, request: Request, response: Response, user: CurrentUser,
                session: SessionDep, services: ServicesDep,
                idempotency_key: Annotated[str | None, Header(
                    min_length=1, max_length=128,
@@ -46,8 +48,8 @@ def submit_job(body: Submission, request: Request, response: Response, user: Cur
     return jobs.job_out(session, services, job)
 
 
-@router.get("", response_model=JobPage)
-def list_my_jobs(
+@router.get("", name="list", response_model=JobPage, responses=refusals(400, 401, 403))
+def list_jobs(
     user: CurrentUser, session: SessionDep, services: ServicesDep,
     status: Annotated[JobStatus | None, Query(description="Only jobs in this status.")] = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
@@ -57,13 +59,13 @@ def list_my_jobs(
     return jobs.list_jobs(session, services, user, status=status, limit=limit, cursor=cursor)
 
 
-@router.get("/{job_id}", response_model=JobOut)
+@router.get("/{job_id}", name="get", response_model=JobOut, responses=refusals(401, 403, 404))
 def get_job(job: OwnedJob, session: SessionDep, services: ServicesDep) -> JobOut:
     """A job's status, progress, timings, error and signed links."""
     return jobs.job_out(session, services, job)
 
 
-@router.delete("/{job_id}", response_model=JobOut)
+@router.delete("/{job_id}", response_model=JobOut, responses=refusals(401, 403, 404))
 def cancel(job: OwnedJob, session: SessionDep, services: ServicesDep) -> JobOut:
     """Cancel (idempotent): a queued job at once, a running one within a search step."""
     return jobs.job_out(session, services, queue.cancel(session, job=job))
@@ -81,16 +83,18 @@ def _file_response(request: Request, services: Services, key: str | None, what: 
     return Response(services.storage.get(key), media_type="image/png", headers=headers)
 
 
-@router.get("/{job_id}/image", response_class=Response,
-            responses={200: {"content": {"image/png": {}}}, 409: {"model": Detail}})
+@router.get("/{job_id}/image", response_class=Response, responses={
+    **PNG, 304: {"description": "Unchanged since the ETag sent in If-None-Match."},
+    **refusals(401, 403, 404, 409, described={409: "The job has not succeeded (yet)."})})
 def image(request: Request, services: ServicesDep,
           job: Annotated[Job, job_by_token_or_link("image")]) -> Response:
     """The finished PNG: the owner's bearer token, or the signed ``image_url``."""
     return _file_response(request, services, job.result_key, "image", job)
 
 
-@router.get("/{job_id}/preview", response_class=Response,
-            responses={200: {"content": {"image/png": {}}}})
+@router.get("/{job_id}/preview", response_class=Response, responses={
+    **PNG, 304: {"description": "Unchanged since the ETag sent in If-None-Match."},
+    **refusals(401, 403, 404, described={404: "No such job, or no preview yet."})})
 def preview(request: Request, services: ServicesDep,
             job: Annotated[Job, job_by_token_or_link("preview")]) -> Response:
     """The latest preview PNG of a running job."""
@@ -108,9 +112,9 @@ def _snapshot(services: Services, job_id: str, links_not_after: int,
             job.preview_key
 
 
-@router.get("/{job_id}/events", response_class=StreamingResponse,
-            responses={200: {"content": {"text/event-stream": {}}},
-                       429: {"description": "too many open streams"}})
+@router.get("/{job_id}/events", response_class=StreamingResponse, responses={
+    **EVENT_STREAM, **refusals(401, 403, 404, 429, described={
+        429: "Too many open streams for this account or this server."})})
 async def events(request: Request, services: ServicesDep,
                  job: Annotated[Job, job_by_token_or_link("events")]) -> StreamingResponse:
     """Live server-sent events ``status``, ``progress``, ``preview``, then ``done``."""

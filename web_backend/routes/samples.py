@@ -11,6 +11,7 @@ from pydantic import ValidationError
 from ml_backend.protocol import GenerationRequest, Result, seed_to_int
 from web_backend.deps import ServicesDep, limit_per_address
 from web_backend.errors import ServiceUnavailable, Unprocessable, validation_detail
+from web_backend.openapi import PNG, refusals
 
 __all__ = ["router"]
 
@@ -21,9 +22,9 @@ _SAMPLES = limit_per_address(
     message="at most {limit} samples per minute; try again in {retry} s")
 
 
-@router.get("/v1/sample.png", response_class=Response, dependencies=[_SAMPLES],
-            responses={200: {"content": {"image/png": {}}},
-                       503: {"description": "the image service is not reachable right now"}})
+@router.get("/v1/sample.png", name="get", response_class=Response, dependencies=[_SAMPLES],
+            responses={**PNG, **refusals(422, 429, 503, described={
+                503: "The image service is not reachable right now."})})
 async def sample_png(
     services: ServicesDep,
     seed: Annotated[str | None, Query(min_length=1, max_length=64, description=(

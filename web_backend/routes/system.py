@@ -15,6 +15,8 @@ from sqlalchemy import text
 from web_backend.deps import ClientAddress, ServicesDep
 from web_backend.errors import Forbidden, ServiceUnavailable
 from web_backend.ml_client import MLUnavailable
+from web_backend.openapi import refusals
+from web_backend.schemas import Health, ModelList, Readiness
 
 __all__ = ["router"]
 
@@ -31,7 +33,8 @@ log = logging.getLogger(__name__)
 router = APIRouter(tags=["system"])
 
 
-@router.get("/healthz", responses={503: {"description": "requests are stuck"}})
+@router.get("/healthz", response_model=Health, responses={503: {
+    "model": Health, "description": "Requests are stuck: restart this process."}})
 async def healthz(request: Request, services: ServicesDep) -> JSONResponse:
     """Liveness: the process answers and its requests are moving (no dependencies checked)."""
     stalled_s = request.app.state.admission.stalled_for()
@@ -52,7 +55,8 @@ def _database_ok(services: ServicesDep) -> str:
         return "unreachable"
 
 
-@router.get("/readyz", responses={503: {"description": "a dependency is down"}})
+@router.get("/readyz", response_model=Readiness, responses={503: {
+    "model": Readiness, "description": "A dependency is down: `checks` says which."}})
 async def readyz(services: ServicesDep) -> JSONResponse:
     """Readiness: database and ML side reachable (and Redis, when configured)."""
     checks: dict[str, str] = {"database": await run_in_threadpool(_database_ok, services)}
@@ -73,7 +77,8 @@ async def readyz(services: ServicesDep) -> JSONResponse:
                         status_code=200 if ready else 503)
 
 
-@router.get("/v1/models")
+@router.get("/v1/models", response_model=ModelList, responses=refusals(503, described={
+    503: "The image service is not reachable right now; jobs still queue."}))
 async def models(services: ServicesDep) -> dict[str, Any]:
     """The generators the ML side serves, with their defaults."""
     try:

@@ -6,6 +6,7 @@ from fastapi import APIRouter
 
 from web_backend import accounts
 from web_backend.deps import CurrentLogin, CurrentUser, ServicesDep, SessionDep
+from web_backend.openapi import refusals
 from web_backend.schemas import PasswordChange, UserDetail
 
 __all__ = ["router"]
@@ -13,13 +14,16 @@ __all__ = ["router"]
 router = APIRouter(tags=["users"])
 
 
-@router.get("/v1/users/me", response_model=UserDetail)
+@router.get("/v1/users/me", response_model=UserDetail, responses=refusals(401, 403))
 def me(user: CurrentUser, services: ServicesDep) -> UserDetail:
     """Your account and its limits."""
     return accounts.user_detail(user, services.settings.limits)
 
 
-@router.put("/v1/users/me/password", status_code=204)
+@router.put("/v1/users/me/password", status_code=204,
+            responses=refusals(401, 403, 422, 429, described={
+                403: "current_password is wrong, or the account is disabled.",
+                429: "Too many password changes."}))
 def change_password(body: PasswordChange, login: CurrentLogin, session: SessionDep,
                     services: ServicesDep) -> None:
     """Change your password; your other logins are signed out, this one stays."""
