@@ -39,6 +39,7 @@ def readme_blocks(section: str, language: str) -> list[str]:
 def newcomer_dir(tmp_path: Path) -> Path:
     """A directory laid out like a fresh clone after ``make``: ``.venv`` is this venv."""
     (tmp_path / ".venv").symlink_to(Path(sys.prefix))
+    (tmp_path / "tools").symlink_to(README.parent / "tools")
     return tmp_path
 
 
@@ -111,3 +112,19 @@ def test_api_walkthrough_then_the_client(newcomer_dir: Path, running_server: str
     (client,) = readme_blocks("Talking to a running server", "sh")
     run_shell(_on_port(client, port), newcomer_dir, CLIPGAN_PASSWORD=PASSWORD)
     assert is_png(newcomer_dir / "out.png") and is_png(newcomer_dir / "asuka.png")
+
+
+def test_generated_client_example(newcomer_dir: Path, running_server: str) -> None:
+    port = running_server
+    httpx.post(f"http://127.0.0.1:{port}/v1/users", json={
+        "username": "alice", "email": "alice@example.com", "password": PASSWORD,
+    }).raise_for_status()
+    section = "Client libraries and the OpenAPI document"
+    (generate,) = readme_blocks(section, "sh")
+    run_shell(_on_port(generate, port), newcomer_dir)
+    (example,) = readme_blocks(section, "python")
+    done = subprocess.run([sys.executable, "-c", _on_port(example, port)], cwd=newcomer_dir,
+                          env=_env(CLIPGAN_PASSWORD=PASSWORD, PYTHONPATH="sdk/python"),
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert is_png(newcomer_dir / "typed.png")
