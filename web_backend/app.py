@@ -120,6 +120,11 @@ def create_app(settings: WebSettings | None = None, *, ml_client: MLClient | Non
         """The web page: static files, no build step, nothing loaded from elsewhere."""
         return FileResponse(STATIC_DIR / "index.html")
 
+    @app.get("/favicon.ico", include_in_schema=False)
+    def favicon() -> FileResponse:
+        """Browsers and bookmark tools ask here whatever the page's <link rel=icon> says."""
+        return FileResponse(STATIC_DIR / "favicon.svg", media_type="image/svg+xml")
+
     # below the 40 threadpool threads and the 50 pooled connections (see middleware.py)
     app.state.admission = Admission(settings.http.max_concurrent_requests)
     app.add_middleware(ConcurrencyLimit, limit=settings.http.max_concurrent_requests,

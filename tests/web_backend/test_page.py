@@ -33,8 +33,17 @@ def test_register_submit_and_watch_the_image_appear(tmp_path: Path) -> None:
             blocked: list[str] = []
             page.on("request", lambda r: blocked.append(r.url)
                     if not r.url.startswith(f"http://127.0.0.1:{port}") else None)
+            problems: list[str] = []  # a 404 (favicon) or a script error shows here
+            page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
+            page.on("pageerror", lambda e: problems.append(str(e)))
             page.goto(f"http://127.0.0.1:{port}/")
+            # what a person sees first: sign-in only, not both forms
+            expect(page.locator("#login-form")).to_be_visible()
+            expect(page.locator("#register-form")).to_be_hidden()
+            expect(page.locator("#studio")).to_be_hidden()
             page.click("#show-register")
+            expect(page.locator("#register-form")).to_be_visible()
+            expect(page.locator("#login-form")).to_be_hidden()
             page.fill("#register-form input[name=username]", "alice")
             page.fill("#register-form input[name=email]", "alice@example.com")
             page.fill("#register-form input[name=password]", "a long password")
@@ -51,6 +60,7 @@ def test_register_submit_and_watch_the_image_appear(tmp_path: Path) -> None:
             expect(card.locator(".status")).to_contain_text("succeeded")
             expect(card.locator(".download")).to_be_visible()
             page.screenshot(path=str(SHOTS / "studio.png"), full_page=True)
+            assert problems == [], f"the browser console reported errors: {problems}"
             # bad input gets a message, not a broken page
             page.fill("input[name=steps]", "0")
             page.evaluate("document.querySelector('input[name=steps]').removeAttribute('min')")

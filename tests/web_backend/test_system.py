@@ -101,3 +101,12 @@ def test_readiness_and_models_name_no_internal_error(make_settings, tmp_path: Pa
         detail = client.get("/v1/models").json()["detail"]
         assert detail == ("the image service is not reachable right now; jobs are still "
                           "accepted and wait in the queue")
+
+
+def test_the_page_has_an_icon(client: TestClient) -> None:
+    """No 404 in the browser console: the page links its icon and /favicon.ico answers."""
+    assert 'rel="icon" href="/static/favicon.svg"' in client.get("/").text
+    for path in ("/favicon.ico", "/static/favicon.svg"):
+        icon = client.get(path)
+        assert icon.status_code == 200 and icon.headers["content-type"].startswith(
+            "image/svg+xml") and icon.text.startswith("<svg"), path
