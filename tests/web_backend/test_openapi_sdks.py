@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import io
+import os
 import shutil
 import subprocess
 import sys
@@ -163,7 +164,7 @@ def test_generated_python_client_runs_the_whole_flow(server: str, sdk: dict[str,
     assert after.status_code == 401 and isinstance(after.parsed, models.Detail)
 
 
-@pytest.mark.skipif(shutil.which("npm") is None and not __import__("os").environ.get("CI"),
+@pytest.mark.skipif(shutil.which("npm") is None and not os.environ.get("CI"),
                     reason="npm is not installed (CI requires it)")
 def test_typescript_generator_reads_the_document_cleanly(server: str, tmp_path: Path) -> None:
     """@hey-api/openapi-ts (pinned in tools/sdk), then ``tsc --strict`` on what it wrote."""
