@@ -6,9 +6,11 @@ prompts and images into targets, cuts images into CLIP-sized crops and scores th
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -16,6 +18,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ml_backend import image_prompts
+from ml_backend.cutouts import cutouts as random_cutouts
+from ml_backend.precision import Precision
 from ml_backend.protocol import WeightedPrompt
 from ml_backend.recipe import DEFAULT_RECIPE
 from ml_backend.weights.clip import ClipModel, import_clip
@@ -148,31 +152,33 @@ class ClipGuide:
             x = F.interpolate(x, size=(r, r), mode="bilinear", align_corners=False)
         return ((x + 1) / 2 - self._mean) / self._std
 
-    def encode_pixels(self, x: torch.Tensor) -> torch.Tensor:
-        """[N, 3, R, R] CLIP-normalised -> [N, D] unit embeddings (differentiable)."""
-        dtype = self.model.visual.conv1.weight.dtype
-        return F.normalize(self.model.encode_image(x.to(dtype)).float(), dim=-1)
+    def encode_pixels(self, x: torch.Tensor, precision: Precision | None = None,
+                      ) -> torch.Tensor:
+        """[N, 3, R, R] CLIP-normalised -> [N, D] unit embeddings (differentiable).
 
-    def embed_images(self, images: torch.Tensor) -> torch.Tensor:
-        """Whole images [N, 3, H, W] in [-1, 1] -> [N, D] unit embeddings."""
-        return self.encode_pixels(self._resize(images))
-
-    def cutouts(self, image: torch.Tensor, count: int, rng: torch.Generator, *,
-                cut_power: float = DEFAULT_RECIPE.cut_power) -> torch.Tensor:
-        """``count`` random square crops of one image [3, H, W] -> [count, 3, R, R].
-
-        Crop sides follow u**cut_power between CLIP's input size and the full image, so
-        most crops are small (details) and some cover everything (composition).
-        Draws come from the job's own generator, so they do not depend on batch mates.
+        ``precision`` runs the image encoder under its autocast; the normalisation,
+        and so every loss computed from the result, stays fp32.
         """
-        _, h, w = image.shape
-        max_size = min(h, w)
-        min_size = min(max_size, self.input_resolution)
-        draws = torch.rand(count, 3, generator=rng)
-        sizes = (draws[:, 0] ** cut_power * (max_size - min_size) + min_size).long()
-        crops = []
-        for (_, ox, oy), size in zip(draws.tolist(), sizes.tolist(), strict=True):
-            x0 = int(ox * (w - size + 1))
-            y0 = int(oy * (h - size + 1))
-            crops.append(self._resize(image[None, :, y0:y0 + size, x0:x0 + size]))
-        return torch.cat(crops)
+        dtype = self.model.visual.conv1.weight.dtype
+        with precision.autocast() if precision is not None else contextlib.nullcontext():
+            features = self.model.encode_image(x.to(dtype))                 # [N, D]
+        return F.normalize(features.float(), dim=-1)
+
+    def embed_images(self, images: torch.Tensor, precision: Precision | None = None,
+                     ) -> torch.Tensor:
+        """Whole images [N, 3, H, W] in [-1, 1] -> [N, D] unit embeddings."""
+        return self.encode_pixels(self._resize(images), precision)
+
+    def cutouts(self, images: torch.Tensor, counts: Sequence[int],
+                rngs: Sequence[torch.Generator], *,
+                cut_power: float = DEFAULT_RECIPE.cut_power) -> torch.Tensor:
+        """Random square crops of each image, CLIP-normalised, in one batched resampling.
+
+        images [N, 3, H, W] in [-1, 1], ``counts[n]`` crops of image n drawn from
+        ``rngs[n]`` -> [sum(counts), 3, R, R], image by image. Crop sides follow
+        u**cut_power between CLIP's input size and the full image, so most crops are
+        small (details) and some cover everything (composition).
+        """
+        crops = random_cutouts(images, counts, rngs, out=self.input_resolution,
+                               cut_power=cut_power)                          # [sum, 3, R, R]
+        return ((crops + 1) / 2 - self._mean) / self._std

@@ -38,16 +38,19 @@ def test_spherical_distance() -> None:
 
 
 def test_cutouts_follow_the_jobs_own_generator(pipeline: Pipeline) -> None:
+    """A job's crops depend on its own seed only, not on which jobs share its batch."""
     guide = pipeline.guide
-    image = (torch.rand(3, 64, 64) * 2 - 1).requires_grad_(True)
-    a = guide.cutouts(image, 16, torch.Generator().manual_seed(1))
-    b = guide.cutouts(image, 16, torch.Generator().manual_seed(1))
-    c = guide.cutouts(image, 16, torch.Generator().manual_seed(2))
+    images = (torch.rand(3, 3, 64, 64) * 2 - 1).requires_grad_(True)
+    seeds = lambda *s: [torch.Generator().manual_seed(i) for i in s]  # noqa: E731
+    alone = guide.cutouts(images[:1], [16], seeds(1))
+    batched = guide.cutouts(images, [16, 5, 9], seeds(1, 7, 8))
+    other_seed = guide.cutouts(images[:1], [16], seeds(2))
     r = guide.input_resolution
-    assert a.shape == (16, 3, r, r)
-    assert torch.equal(a, b) and not torch.equal(a, c)
-    a.sum().backward()
-    assert image.grad is not None and image.grad.abs().sum() > 0
+    assert alone.shape == (16, 3, r, r) and batched.shape == (30, 3, r, r)
+    assert torch.allclose(batched[:16], alone, atol=1e-6)
+    assert not torch.allclose(alone, other_seed)
+    batched.sum().backward()
+    assert images.grad is not None and bool((images.grad.abs().sum(dim=[1, 2, 3]) > 0).all())
 
 
 def test_targets_weigh_positive_and_negative(pipeline: Pipeline) -> None:
