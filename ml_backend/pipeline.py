@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from ml_backend.guidance import ClipGuide
+from ml_backend.precision import Precision
 from ml_backend.protocol import GenerationRequest, Result
 from ml_backend.scheduler import BatchScheduler, SearchHandle
 from ml_backend.search import LatentSearchEngine, ProgressCallback
@@ -61,6 +62,8 @@ class Pipeline:
         """Load every configured model (demo weights where none is configured)."""
         settings = settings or MLSettings()
         device = settings.resolved_device()
+        precision = Precision.resolve(settings.precision, device)
+        precision.configure_device()
         clip_path = settings.clip_checkpoint or demo_clip_path(settings.data_dir)
         guide = ClipGuide(load_clip(clip_path, device=device))
         upscaler = Upscaler(load_rrdbnet(settings.upscaler_checkpoint, device=device)
@@ -72,7 +75,7 @@ class Pipeline:
             generator, ckpt = load_generator(path, device=device)
             engines[name] = LatentSearchEngine(
                 generator=generator, guide=guide, model_name=name, default_psi=spec.psi,
-                demo_weights=ckpt.is_demo, upscaler=upscaler)
+                demo_weights=ckpt.is_demo, upscaler=upscaler, precision=precision)
             summary = describe(ckpt)
             models_info[name] = {
                 "description": spec.description or ("untrained demo weights" if ckpt.is_demo
@@ -86,6 +89,7 @@ class Pipeline:
                      " (UNTRAINED DEMO WEIGHTS)" if ckpt.is_demo else "")
         info = {
             "device": device,
+            "precision": precision.name,
             "models": models_info,
             "clip": {"input_resolution": guide.input_resolution, "embed_dim": guide.embed_dim,
                      "demo_weights": settings.clip_checkpoint is None},

@@ -27,6 +27,7 @@ import torch
 
 from ml_backend.guidance import ClipGuide, Targets
 from ml_backend.png import encode_png
+from ml_backend.precision import Precision
 from ml_backend.protocol import MAX_SEED, GenerationRequest, Progress, Result, seed_to_int
 from ml_backend.recipe import DEFAULT_RECIPE, SearchRecipe
 from ml_backend.stylegan2 import Generator, to_uint8_images
@@ -66,7 +67,8 @@ class SearchJob:
     rng: torch.Generator                 # the job's own draws: candidates, cutouts
     state: SearchState | None = None     # None until started
     step: int = 0
-    score: float = 0.0
+    score: float = 0.0                   # weighted CLIP similarity at the last step
+    loss: float = 0.0                    # what the last step minimised (fp32)
     timings: dict[str, float] = field(default_factory=dict)
     submitted_at: float = field(default_factory=time.perf_counter)
 
@@ -119,6 +121,7 @@ class LatentSearchEngine:
                  demo_weights: bool,                 # label results made by demo weights
                  upscaler:     Upscaler | None = None,
                  recipe:       SearchRecipe = DEFAULT_RECIPE,
+                 precision:    Precision | None = None,  # search step + scoring; None: fp32
                  ) -> None:
         self.generator = generator
         self.guide = guide
@@ -128,6 +131,8 @@ class LatentSearchEngine:
         self.upscaler = upscaler or Upscaler()
         self.recipe = recipe
         self.device = generator.w_avg.device
+        self.precision = precision or Precision("fp32", self.device.type)
+        self.grad_scaler = self.precision.grad_scaler()              # fp16 only
         self.w_avg = generator.w_avg                                  # [w_dim]
         with torch.no_grad():
             z = torch.randn(recipe.w_std_samples, generator.config.z_dim,
@@ -141,11 +146,22 @@ class LatentSearchEngine:
         """normalised latent [..., num_ws, w_dim] -> W+ at creativity psi."""
         return self.w_avg + psi * q * self.w_std
 
-    def _render(self, qs: torch.Tensor, psis: list[float]) -> torch.Tensor:
-        """[N, num_ws, w_dim] -> images [N, 3, H, W] in [-1, 1]."""
+    def _render(self, qs: torch.Tensor, psis: list[float], *, fast: bool = False,
+                ) -> torch.Tensor:
+        """[N, num_ws, w_dim] -> images [N, 3, H, W] in [-1, 1].
+
+        ``fast``: under the precision policy's autocast (search steps, candidate
+        scoring); otherwise the reference path (previews, the final picture). Under
+        autocast the checkpoint's own fp16 blocks are switched off: autocast already
+        picks the 16-bit type, and mixing both would convert back and forth.
+        """
         psi = torch.tensor(psis, device=self.device)[:, None, None]
-        return self.generator.synthesize(self._ws(qs, psi), noise_mode="const",
-                                         fused_modconv=False)
+        ws = self._ws(qs, psi)                                        # fp32
+        if not fast:
+            return self.generator.synthesize(ws, noise_mode="const", fused_modconv=False)
+        with self.precision.autocast():
+            return self.generator.synthesize(ws, noise_mode="const", fused_modconv=False,
+                                             force_fp32=self.precision.reduced)
 
     def _png(self, image: torch.Tensor, upscale: int = 1, text: dict[str, Any] | None = None,
              ) -> bytes:
@@ -179,8 +195,8 @@ class LatentSearchEngine:
             losses = []
             for chunk in q0.split(self.recipe.candidate_chunk):
                 images = self._render(chunk[:, None].expand(-1, num_ws, -1),
-                                      [job.psi] * chunk.shape[0])
-                embeds = self.guide.embed_images(images)                  # [n, D]
+                                      [job.psi] * chunk.shape[0], fast=True)
+                embeds = self.guide.embed_images(images, self.precision)  # [n, D]
                 losses += [targets.loss(e[None]) for e in embeds]
             best = int(torch.stack(losses).argmin())
         q = q0[best][None].expand(num_ws, -1).clone().requires_grad_(True)
@@ -193,30 +209,44 @@ class LatentSearchEngine:
         """One optimisation step for every job in one stacked forward/backward pass.
 
         ``phases``, when given, accumulates seconds per phase (for the benchmark; on
-        CUDA it synchronises, which costs a little overlap).
+        CUDA it synchronises, which costs a little overlap). Generator and CLIP run
+        under the precision policy; the losses, their sum and the optimiser are fp32.
         """
         clock = _PhaseClock(phases, self.device)
         started = [j.started for j in jobs]
+        counts = [j.request.cutouts for j in jobs]
         with torch.enable_grad():
-            images = self._render(torch.stack([s.q for s in started]), [j.psi for j in jobs])
+            images = self._render(torch.stack([s.q for s in started]), [j.psi for j in jobs],
+                                  fast=True)                          # [N, 3, H, W]
             clock.lap("generator_forward")
-            cuts = [self.guide.cutouts(images[i], j.request.cutouts, j.rng,
-                                       cut_power=self.recipe.cut_power)
-                    for i, j in enumerate(jobs)]
-            embeds = self.guide.encode_pixels(torch.cat(cuts))
-            per_job = embeds.split([c.shape[0] for c in cuts])
-            losses = [s.targets.loss(e) for s, e in zip(started, per_job, strict=True)]
+            with self.precision.autocast():
+                cuts = self.guide.cutouts(images, counts, [j.rng for j in jobs],
+                                          cut_power=self.recipe.cut_power)  # [sum, 3, R, R]
+            embeds = self.guide.encode_pixels(cuts, self.precision)   # [sum, D] fp32
+            per_job = embeds.split(counts)
+            losses = torch.stack([s.targets.loss(e)
+                                  for s, e in zip(started, per_job, strict=True)])  # [N]
             clock.lap("clip_forward")
-            torch.stack(losses).sum().backward()
+            total = losses.sum()
+            if self.grad_scaler is not None:
+                total = self.grad_scaler.scale(total)
+            total.backward()
             clock.lap("backward")
         decay = self.recipe.ema_decay
         with torch.no_grad():
-            for job, s, e in zip(jobs, started, per_job, strict=True):
-                s.optimizer.step()
+            for job, s, e, loss in zip(jobs, started, per_job, losses.detach().tolist(),
+                                          strict=True):
+                if self.grad_scaler is not None:
+                    self.grad_scaler.step(s.optimizer)  # skipped when its grads overflowed
+                else:
+                    s.optimizer.step()
                 s.optimizer.zero_grad(set_to_none=True)
                 s.q_ema.mul_(decay).add_(s.q.detach(), alpha=1 - decay)
                 job.score = float(s.targets.score(e.detach()))
+                job.loss = loss
                 job.step += 1
+            if self.grad_scaler is not None:
+                self.grad_scaler.update()
         clock.lap("optimizer")
 
     @torch.no_grad()

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-__all__ = ["MLSettings", "ModelSpec", "UnknownModelError"]
+__all__ = ["MLSettings", "ModelSpec", "PrecisionSetting", "UnknownModelError"]
+
+# what ml_backend.precision resolves; named here so settings never import torch
+PrecisionSetting = Literal["auto", "fp32", "bf16", "fp16"]
 
 
 class ModelSpec(BaseModel):
@@ -41,6 +45,9 @@ class MLSettings(BaseSettings):
         None, description="Real-ESRGAN RRDBNet x4 .pth; unset: Lanczos upscaling.")
     device: str = Field("auto", description="'auto' (CUDA when present), 'cpu' or 'cuda[:N]'.")
     batch_slots: int = Field(8, ge=1, le=64, description="Searches sharing one GPU pass.")
+    precision: PrecisionSetting = Field("auto", description=(
+        "Search steps and candidate scoring: 'auto' (bf16 autocast on CUDA, fp16 with loss "
+        "scaling where bf16 is missing, fp32 on CPU), 'fp32', 'bf16' or 'fp16'."))
 
     # --- Ray Serve deployment (see serve_config.yaml for the cluster values) ---------
     replica_gpus: float = Field(0.0, ge=0, description="GPUs per replica: 1 on GPU clusters.")
