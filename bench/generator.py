@@ -1,7 +1,9 @@
 """Generator throughput: images/s at batch 1 and 8, small config and TADNE size.
 
-Random weights (speed does not depend on what the weights learned). Prints one
-table; run `python bench/generator.py --help` for options.
+Per precision (fp32, and bf16 autocast as the search runs it), with FLOPs per image
+counted by torch (bench/flops.py), achieved TFLOP/s and, on a known GPU, % of its
+dense bf16 peak. Random weights (speed does not depend on what the weights learned).
+Prints one table; run `python bench/generator.py --help` for options.
 """
 
 from __future__ import annotations
@@ -10,7 +12,9 @@ import argparse
 import time
 
 import torch
+from flops import count_flops, describe_rate, peak_tflops
 
+from ml_backend.precision import Precision
 from ml_backend.stylegan2 import Generator, GeneratorConfig, tadne_config
 
 CONFIGS = {
@@ -22,16 +26,22 @@ CONFIGS = {
 }
 
 
+def forward(generator: Generator, z: torch.Tensor, precision: Precision) -> torch.Tensor:
+    """What the search's fast path runs: under autocast, the checkpoint's fp16 blocks off."""
+    with precision.autocast():
+        return generator.synthesize(generator.map(z), force_fp32=precision.reduced)
+
+
 def images_per_second(generator: Generator, batch: int, device: str, min_seconds: float,
-                      ) -> float:
+                      precision: Precision) -> float:
     z = torch.randn(batch, generator.config.z_dim, device=device)
     with torch.inference_mode():
-        generator(z)  # warm-up: allocator, kernels, cudnn autotune
+        forward(generator, z, precision)  # warm-up: allocator, kernels, cudnn autotune
         if device.startswith("cuda"):
             torch.cuda.synchronize()
         runs, start = 0, time.perf_counter()
         while True:
-            generator(z)
+            forward(generator, z, precision)
             runs += 1
             if device.startswith("cuda"):
                 torch.cuda.synchronize()
@@ -40,25 +50,43 @@ def images_per_second(generator: Generator, batch: int, device: str, min_seconds
                 return runs * batch / elapsed
 
 
+def flops_per_image(generator: Generator, device: str, precision: Precision) -> int:
+    z = torch.randn(2, generator.config.z_dim, device=device)
+    with torch.inference_mode():
+        return count_flops(lambda: forward(generator, z, precision)) // 2
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
     parser.add_argument("--batches", nargs="+", type=int, default=[1, 8])
+    parser.add_argument("--precisions", nargs="+", choices=["fp32", "bf16", "fp16"],
+                        default=["fp32", "bf16"])
     parser.add_argument("--min-seconds", type=float, default=3.0)
     args = parser.parse_args()
 
-    print(f"device={args.device} torch={torch.__version__} threads={torch.get_num_threads()}")
-    print(f"{'config':<14}{'params':>10}{'batch':>7}{'images/s':>11}{'ms/image':>10}")
+    device_name, peak = peak_tflops(args.device)
+    print(f"device={args.device} ({device_name}) torch={torch.__version__} "
+          f"threads={torch.get_num_threads()} dense bf16 peak="
+          f"{f'{peak:g} TFLOP/s' if peak else 'unknown'}")
+    print(f"{'config':<14}{'params':>10}{'precision':>10}{'batch':>7}{'images/s':>11}"
+          f"{'ms/image':>10}{'GFLOP/image':>13}  achieved")
     for name in args.configs:
         config = CONFIGS[name]
         with torch.device(args.device):
             generator = Generator(config).eval().requires_grad_(False)
         params = sum(p.numel() for p in generator.parameters()) / 1e6
-        for batch in args.batches:
-            ips = images_per_second(generator, batch, args.device, args.min_seconds)
-            print(f"{name:<14}{params:>9.1f}M{batch:>7}{ips:>11.2f}{1000 / ips:>10.1f}",
-                  flush=True)
+        for precision_name in args.precisions:
+            precision = Precision.resolve(precision_name, args.device)
+            precision.configure_device()
+            flops = flops_per_image(generator, args.device, precision)
+            for batch in args.batches:
+                ips = images_per_second(generator, batch, args.device, args.min_seconds,
+                                        precision)
+                print(f"{name:<14}{params:>9.1f}M{precision_name:>10}{batch:>7}{ips:>11.2f}"
+                      f"{1000 / ips:>10.1f}{flops / 1e9:>13.1f}  "
+                      f"{describe_rate(flops * ips, 1.0, peak)}", flush=True)
         del generator
 
 

@@ -1,12 +1,14 @@
 """Latent-search throughput: one job alone vs 8 concurrent jobs through the batch scheduler.
 
-Prints search steps/s (job-steps per second) for both, their ratio (the headline:
-how much batching multiplies throughput), and the split of one step into generator
-forward, CLIP forward (cutouts + image encoder + loss), backward and optimiser.
+Prints, per precision, search steps/s (job-steps per second) for both, their ratio
+(how much batching multiplies throughput), the split of one step into generator
+forward, CLIP forward (cutouts + image encoder + loss), backward and optimiser, and
+a table of FLOPs per step (counted by torch, see bench/flops.py), achieved TFLOP/s,
+% of the GPU's dense bf16 peak and, on CUDA, peak memory and memory per batch slot.
 Random weights: speed does not depend on what the weights learned.
 
-  python bench/search.py                          # CPU: mid-size generator + small CLIP
-  python bench/search.py --preset tadne-vitb32    # GPU: TADNE-size generator, ViT-B/32 dims
+  python bench/search.py                                        # CPU: mid-size, fp32
+  python bench/search.py --preset tadne-vitb32 --device cuda    # the headline GPU run
 """
 
 from __future__ import annotations
@@ -14,10 +16,13 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from dataclasses import dataclass
 
 import torch
+from flops import count_flops, describe_rate, peak_tflops
 
 from ml_backend.guidance import ClipGuide
+from ml_backend.precision import Precision
 from ml_backend.protocol import GenerationRequest
 from ml_backend.scheduler import BatchScheduler, SearchHandle
 from ml_backend.search import LatentSearchEngine
@@ -41,14 +46,16 @@ PRESETS = {
 }
 
 
-def build_engine(preset: dict, device: str) -> LatentSearchEngine:
+def build_engine(preset: dict, device: str, precision: str) -> LatentSearchEngine:
     clip = import_clip()
     torch.manual_seed(0)
     with torch.device(device):
         generator = Generator(preset["generator"]).eval().requires_grad_(False)
         model = clip.model.CLIP(**preset["clip"]).float().eval().requires_grad_(False)
+    resolved = Precision.resolve(precision, device)
+    resolved.configure_device()
     return LatentSearchEngine(generator=generator, guide=ClipGuide(model), model_name="bench",
-                              default_psi=1.0, demo_weights=True)
+                              default_psi=1.0, demo_weights=True, precision=resolved)
 
 
 def request(seed: int, preset: dict, steps: int) -> GenerationRequest:
@@ -70,6 +77,42 @@ def job_steps_per_second(scheduler: BatchScheduler, preset: dict, jobs: int, ste
     return (len(stamps) - jobs) / (stamps[-1] - stamps[jobs - 1]) if len(stamps) > jobs else 0.0
 
 
+@dataclass
+class StepFigures:
+    """One engine step for a batch of n jobs: time split, FLOPs counted, peak memory."""
+
+    batch: int
+    split: dict[str, float]              # seconds per phase (median of 3)
+    flops: int                           # matmul + conv FLOPs, forward and backward
+    peak_mib: float | None               # CUDA only: most memory allocated during a step
+
+    @property
+    def seconds(self) -> float:
+        return sum(self.split.values())
+
+
+def measure_step(engine: LatentSearchEngine, preset: dict, n: int) -> StepFigures:
+    jobs = []
+    for i in range(n):
+        job = engine.new_job(request(i, preset, 500))
+        engine.start(job)
+        jobs.append(job)
+    engine.step(jobs)  # warm-up
+    flops = count_flops(lambda: engine.step(jobs))
+    cuda = engine.device.type == "cuda"
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats(engine.device)
+    samples: list[dict[str, float]] = []
+    for _ in range(3):
+        phases: dict[str, float] = {}
+        engine.step(jobs, phases)
+        samples.append(phases)
+    peak = torch.cuda.max_memory_allocated(engine.device) / 2**20 if cuda else None
+    split = {k: statistics.median(s[k] for s in samples) for k in samples[0]}
+    return StepFigures(batch=n, split=split, flops=flops, peak_mib=peak)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -77,44 +120,62 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--jobs", type=int, default=8)
     parser.add_argument("--steps", type=int, default=None)
+    parser.add_argument("--precisions", nargs="+", choices=["fp32", "bf16", "fp16"],
+                        default=None, help="default: fp32 and bf16 on CUDA, fp32 on CPU "
+                        "(CPUs without bf16 units run it ~10x slower)")
     args = parser.parse_args()
-    preset_name = args.preset or ("tadne-vitb32" if args.device.startswith("cuda") else "cpu-mid")
+    cuda = args.device.startswith("cuda")
+    preset_name = args.preset or ("tadne-vitb32" if cuda else "cpu-mid")
     preset = PRESETS[preset_name]
     steps = args.steps or preset["steps"]
-    engine = build_engine(preset, args.device)
-    gen_params = sum(p.numel() for p in engine.generator.parameters()) / 1e6
-    clip_params = sum(p.numel() for p in engine.guide.model.parameters()) / 1e6
-    print(f"preset={preset_name} device={args.device} torch={torch.__version__} "
-          f"threads={torch.get_num_threads()}")
-    print(f"generator {preset['generator'].img_resolution}px {gen_params:.1f}M params, "
-          f"CLIP {engine.guide.input_resolution}px {clip_params:.1f}M params, "
-          f"{preset['cutouts']} cutouts/job/step, {steps} steps/job")
+    precisions = args.precisions or (["fp32", "bf16"] if cuda else ["fp32"])
+    device_name, peak = peak_tflops(args.device)
+    print(f"preset={preset_name} device={args.device} ({device_name}) torch={torch.__version__} "
+          f"threads={torch.get_num_threads()} dense bf16 peak="
+          f"{f'{peak:g} TFLOP/s' if peak else 'unknown'}")
 
-    scheduler = BatchScheduler(engine, slots=args.jobs)
-    job_steps_per_second(scheduler, preset, 1, 2)  # warm-up
-    solo = job_steps_per_second(scheduler, preset, 1, steps)
-    batched = job_steps_per_second(scheduler, preset, args.jobs, steps)
-    scheduler.close()
-    print(f"1 job alone:            {solo:7.2f} steps/s")
-    print(f"{args.jobs} jobs, batched:        {batched:7.2f} job-steps/s")
-    print(f"batching throughput ratio: {batched / solo:5.2f}x")
+    rows = []
+    for precision in precisions:
+        engine = build_engine(preset, args.device, precision)
+        if precision == precisions[0]:
+            gen_params = sum(p.numel() for p in engine.generator.parameters()) / 1e6
+            clip_params = sum(p.numel() for p in engine.guide.model.parameters()) / 1e6
+            print(f"generator {preset['generator'].img_resolution}px {gen_params:.1f}M params, "
+                  f"CLIP {engine.guide.input_resolution}px {clip_params:.1f}M params, "
+                  f"{preset['cutouts']} cutouts/job/step, {steps} steps/job")
+        print(f"--- precision {precision}")
+        scheduler = BatchScheduler(engine, slots=args.jobs)
+        job_steps_per_second(scheduler, preset, 1, 2)  # warm-up
+        solo = job_steps_per_second(scheduler, preset, 1, steps)
+        batched = job_steps_per_second(scheduler, preset, args.jobs, steps)
+        scheduler.close()
+        print(f"1 job alone:            {solo:7.2f} steps/s")
+        print(f"{args.jobs} jobs, batched:        {batched:7.2f} job-steps/s")
+        print(f"batching throughput ratio: {batched / solo:5.2f}x")
+        for n in (1, args.jobs):
+            fig = measure_step(engine, preset, n)
+            parts = "  ".join(f"{k} {v * 1000:7.1f} ms ({v / fig.seconds:4.0%})"
+                              for k, v in fig.split.items())
+            print(f"step split, batch {n}: {fig.seconds * 1000:7.1f} ms | {parts}")
+            rows.append((precision, fig))
+        del engine
+        if cuda:
+            torch.cuda.empty_cache()
 
-    for n in (1, args.jobs):
-        jobs = []
-        for i in range(n):
-            job = engine.new_job(request(i, preset, steps))
-            engine.start(job)
-            jobs.append(job)
-        engine.step(jobs)  # warm-up
-        samples: list[dict[str, float]] = []
-        for _ in range(3):
-            phases: dict[str, float] = {}
-            engine.step(jobs, phases)
-            samples.append(phases)
-        split = {k: statistics.median(s[k] for s in samples) for k in samples[0]}
-        total = sum(split.values())
-        parts = "  ".join(f"{k} {v * 1000:7.1f} ms ({v / total:4.0%})" for k, v in split.items())
-        print(f"step split, batch {n}: {total * 1000:7.1f} ms | {parts}")
+    print(f"\n{'precision':<10}{'batch':>6}{'ms/step':>10}{'TFLOP/step':>12}"
+          f"{'GFLOP/job-step':>16}  achieved")
+    for precision, fig in rows:
+        memory = f"  peak {fig.peak_mib:,.0f} MiB" if fig.peak_mib is not None else ""
+        print(f"{precision:<10}{fig.batch:>6}{fig.seconds * 1000:>10.1f}{fig.flops / 1e12:>12.3f}"
+              f"{fig.flops / fig.batch / 1e9:>16.1f}  "
+              f"{describe_rate(fig.flops, fig.seconds, peak)}{memory}")
+    if cuda:
+        for precision in precisions:
+            figs = {f.batch: f for p, f in rows if p == precision}
+            if len(figs) == 2 and args.jobs > 1:
+                small, large = figs[1], figs[args.jobs]
+                per_slot = ((large.peak_mib or 0) - (small.peak_mib or 0)) / (args.jobs - 1)
+                print(f"{precision}: ~{per_slot:,.0f} MiB of GPU memory per extra batch slot")
 
 
 if __name__ == "__main__":
