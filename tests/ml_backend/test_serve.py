@@ -49,6 +49,7 @@ def test_sample_and_info(handle: DeploymentHandle) -> None:
     assert isinstance(sample, Result) and sample.steps == 0
     assert info["models"]["default"]["demo_weights"] is True
     assert info["clip"]["demo_weights"] is True and info["batch_slots"] == 8
+    assert info["precision"] == "fp32"  # auto on a CPU replica
 
 
 def test_bad_requests_end_the_stream_with_a_failure(handle: DeploymentHandle) -> None:
