@@ -21,6 +21,17 @@ from web_backend.bodies import BodyLimit
 from web_backend.db import keep_private, make_engine, make_session_factory
 from web_backend.dispatcher import Dispatcher
 from web_backend.errors import install_error_handlers
+from web_backend.feed_sources import (
+    ChangeSource,
+    FeedKind,
+    PollChanges,
+    PostgresChanges,
+    RedisChanges,
+    publish_commits_to_redis,
+    resolve_feed_kind,
+)
+from web_backend.job_feed import JobFeed, JobView
+from web_backend.jobs import job_views
 from web_backend.logs import RequestIdMiddleware
 from web_backend.metrics import Metrics
 from web_backend.middleware import Admission, ConcurrencyLimit
@@ -44,12 +55,18 @@ STATIC_DIR = Path(__file__).parent / "static"
 
 def build_services(settings: WebSettings, ml_client: MLClient | None = None) -> Services:
     """``ml_client``: how to reach the ML side; default: what the settings configure."""
-    engine = make_engine(settings.data.resolved_database_url)
+    url = settings.data.resolved_database_url
+    engine = make_engine(url)
     session_factory = make_session_factory(engine)
-    return Services(
+    write_session_factory = make_session_factory(engine, writes=True)
+    redis_url = settings.data.redis_url
+    feed_kind = resolve_feed_kind(settings.feed.kind, url, redis_url)
+    if feed_kind == "redis" and redis_url:  # every process that writes jobs announces them
+        for factory in (session_factory, write_session_factory):
+            publish_commits_to_redis(factory, redis_url)
+    services = Services(
         settings=settings, engine=engine, session_factory=session_factory,
-        metrics=Metrics(session_factory),
-        write_session_factory=make_session_factory(engine, writes=True),
+        metrics=Metrics(session_factory), write_session_factory=write_session_factory,
         signing_key=settings.signing_key(), limiter=RateLimiter(settings.data.redis_url),
         storage=LocalBlobStore(settings.data.dir / "blobs"),
         ml=ml_client if ml_client is not None else ml_client_from_settings(settings.ml),
@@ -57,12 +74,42 @@ def build_services(settings: WebSettings, ml_client: MLClient | None = None) -> 
         streams=StreamGate(per_user=settings.http.max_streams_per_user,
                            total=settings.http.max_streams),
     )
+    services.feed = _job_feed(services, feed_kind)
+    return services
+
+
+def _job_feed(services: Services, kind: FeedKind) -> JobFeed:
+    settings = services.settings
+
+    def load(job_ids: frozenset[str]) -> dict[str, JobView | None]:
+        with services.session_factory() as session:
+            return {job_id: JobView(*view) if view is not None else None
+                    for job_id, view in job_views(session, services, job_ids).items()}
+
+    feed: JobFeed
+    source: ChangeSource
+    if kind == "postgres":
+        source = PostgresChanges(settings.data.resolved_database_url)
+    elif kind == "redis" and settings.data.redis_url:
+        source = RedisChanges(settings.data.redis_url)
+    else:
+        source = PollChanges(services.session_factory, lambda: feed.watching,
+                             interval_s=settings.feed.poll_s)
+    feed = JobFeed(load=load, source=source,
+                   resync_s=0.0 if kind == "poll" else settings.feed.resync_s)
+    return feed
 
 
 def _report_dispatcher_exit(task: asyncio.Task[None]) -> None:
     if not task.cancelled() and task.exception() is not None:
         log.critical("the dispatcher stopped: jobs will wait until this process restarts",
                      exc_info=task.exception())
+
+
+def _report_feed_exit(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.critical("the job feed stopped: event streams will not see changes until this "
+                     "process restarts", exc_info=task.exception())
 
 
 def create_app(settings: WebSettings | None = None, *, ml_client: MLClient | None = None,
@@ -86,7 +133,14 @@ def create_app(settings: WebSettings | None = None, *, ml_client: MLClient | Non
         """Run the dispatcher beside the API when there is an ML side to send jobs to."""
         task = None
         stack = contextlib.ExitStack()
-        stack.enter_context(services.streams.closing_on_signals())
+        loop = asyncio.get_running_loop()
+
+        def wake_streams() -> None:  # from the signal handler: only schedule
+            loop.call_soon_threadsafe(services.feed.close)
+
+        stack.enter_context(services.streams.closing_on_signals(on_close=wake_streams))
+        feed = asyncio.create_task(services.feed.run(), name="job-feed")
+        feed.add_done_callback(_report_feed_exit)
         if settings.dispatch.enabled and not isinstance(services.ml, NoMLClient):
             app.state.dispatcher = Dispatcher(services, services.ml)
             task = asyncio.create_task(app.state.dispatcher.run(), name="dispatcher")
@@ -98,6 +152,10 @@ def create_app(settings: WebSettings | None = None, *, ml_client: MLClient | Non
             if task is not None:
                 app.state.dispatcher.stop()
                 await task
+            services.feed.close()
+            feed.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await feed
             services.engine.dispose()
 
     app = FastAPI(title="clipgan", version="0.1.0", lifespan=lifespan,

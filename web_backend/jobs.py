@@ -27,7 +27,7 @@ from web_backend.schemas import JobOut, JobPage, Progress
 from web_backend.security import sign_link
 from web_backend.services import Services
 
-__all__ = ["average_job_seconds", "job_out", "list_jobs", "submit"]
+__all__ = ["average_job_seconds", "job_out", "job_views", "list_jobs", "relinked", "submit"]
 
 _ACTIVE = (JobStatus.queued, JobStatus.running)
 
@@ -118,12 +118,12 @@ def submit(session: Session, services: Services, user: User, request: Generation
     return job, False
 
 
-def _link(services: Services, job: Job, kind: str, not_after: int | None) -> str:
+def _link(services: Services, job_id: str, kind: str, not_after: int | None) -> str:
     expires = int(time.time()) + services.settings.auth.signed_url_ttl_s
     if not_after is not None:
         expires = min(expires, not_after)
-    sig = sign_link(services.signing_key, job.id, kind, expires)
-    return f"/v1/jobs/{job.id}/{kind}?exp={expires}&sig={sig}"
+    sig = sign_link(services.signing_key, job_id, kind, expires)
+    return f"/v1/jobs/{job_id}/{kind}?exp={expires}&sig={sig}"
 
 
 def job_out(session: Session, services: Services, job: Job, *,
@@ -148,11 +148,37 @@ def job_out(session: Session, services: Services, job: Job, *,
         finished_at=job.finished_at, request=job.request,
         progress=Progress(step=job.progress_step, total=job.progress_total, score=job.score),
         queue_position=position, eta_s=eta, seed=job.seed, error=job.error, timings=job.timings,
-        image_url=_link(services, job, "image", links_not_after) if job.result_key else None,
-        preview_url=(_link(services, job, "preview", links_not_after) if job.preview_key
+        image_url=_link(services, job.id, "image", links_not_after) if job.result_key else None,
+        preview_url=(_link(services, job.id, "preview", links_not_after) if job.preview_key
                      else None),
-        events_url=_link(services, job, "events", links_not_after),
+        events_url=_link(services, job.id, "events", links_not_after),
     )
+
+
+def relinked(services: Services, out: JobOut, links_not_after: int) -> JobOut:
+    """``out`` with its signed links re-made to expire no later than ``links_not_after``:
+    one view is built per change for all of a job's streams, each opened by a credential
+    of its own."""
+    def link(kind: str, present: bool) -> str | None:
+        return _link(services, out.id, kind, links_not_after) if present else None
+
+    return out.model_copy(update={"image_url": link("image", out.image_url is not None),
+                                  "preview_url": link("preview", out.preview_url is not None),
+                                  "events_url": link("events", True)})
+
+
+def job_views(session: Session, services: Services, job_ids: frozenset[str],
+              ) -> dict[str, tuple[JobOut, str | None] | None]:
+    """Several jobs as their owner sees them, in one query (plus one for the ETA unit when
+    any is active): the change feed reads every job that changed in a batch this way.
+    A job that does not exist (any more) maps to None."""
+    found = list(session.scalars(select(Job).where(Job.id.in_(job_ids))))
+    average_s = (average_job_seconds(session, services)
+                 if any(job.status in _ACTIVE for job in found) else None)
+    views: dict[str, tuple[JobOut, str | None] | None] = dict.fromkeys(job_ids)
+    for job in found:
+        views[job.id] = job_out(session, services, job, average_s=average_s), job.preview_key
+    return views
 
 
 def _encode_cursor(job: Job) -> str:

@@ -118,6 +118,7 @@ class Job(Base):
         UniqueConstraint("user_id", "idempotency_key", name="uq_jobs_user_idempotency"),
         Index("ix_jobs_status_created", "status", "created_at"),
         Index("ix_jobs_user_created", "user_id", "created_at"),
+        Index("ix_jobs_updated_at", "updated_at"),  # the SQLite change poller (job_feed)
     )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True,

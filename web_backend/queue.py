@@ -31,9 +31,10 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import CursorResult, and_, or_, select, update
+from sqlalchemy import and_, or_, select, update
 from sqlalchemy.orm import Session
 
+from web_backend.feed_sources import mark_changed
 from web_backend.models import Job, JobStatus, utcnow
 
 __all__ = ["Claim", "JobStatus", "LeaseLost", "cancel", "claim", "enqueue", "finish",
@@ -105,11 +106,16 @@ def claim(session: Session, *, owner: str, lease_s: float) -> Claim | None:
                 available_at=None)
         .returning(Job.fencing_token, Job.attempts, Job.request, Job.image_prompt_key)
     ).first()
+    if row is not None:
+        mark_changed(session, (job_id,))
     session.commit()
     if row is None:
         return None
     return Claim(job_id=job_id, token=row[0], attempt=row[1], request=row[2],
                  image_prompt_key=row[3])
+
+
+_LEASE_ONLY = {"lease_expires_at"}
 
 
 def _fenced(session: Session, held: Claim, **values: Any) -> bool:
@@ -118,6 +124,8 @@ def _fenced(session: Session, held: Claim, **values: Any) -> bool:
         update(Job).where(Job.id == held.job_id, Job.fencing_token == held.token,
                           Job.status == JobStatus.running)
         .values(**values).returning(Job.cancel_requested)).first()
+    if row is not None and values.keys() - _LEASE_ONLY:  # a renewal alone shows nothing
+        mark_changed(session, (held.job_id,))
     session.commit()
     if row is None:
         raise LeaseLost(held.job_id)
@@ -169,16 +177,17 @@ def reclaim_expired(session: Session, *, max_attempts: int) -> tuple[int, int]:
     """
     now = utcnow()
     expired = and_(Job.status == JobStatus.running, Job.lease_expires_at < now)
-    failed: CursorResult[Any] = session.execute(  # type: ignore[assignment]
+    failed = session.scalars(
         update(Job).where(expired, Job.attempts >= max_attempts)
         .values(status=JobStatus.failed, finished_at=now, lease_owner=None,
                 lease_expires_at=None,
                 error=f"the image service stopped answering {max_attempts} times; please "
-                      "submit again"))
-    requeued: CursorResult[Any] = session.execute(  # type: ignore[assignment]
+                      "submit again").returning(Job.id)).all()
+    requeued = session.scalars(
         update(Job).where(expired).values(
             status=JobStatus.queued, lease_owner=None, lease_expires_at=None,
             available_at=None, progress_step=0,
-            error="the image service stopped answering; retrying"))
+            error="the image service stopped answering; retrying").returning(Job.id)).all()
+    mark_changed(session, (*failed, *requeued))
     session.commit()
-    return requeued.rowcount, failed.rowcount
+    return len(requeued), len(failed)

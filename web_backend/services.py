@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from web_backend.job_feed import JobFeed
 from web_backend.metrics import Metrics
 from web_backend.ml_client import MLClient
 from web_backend.ratelimit import RateLimiter
@@ -31,5 +32,6 @@ class Services:
     metrics: Metrics
     ml_capacity: int                              # jobs the ML side runs at once (ETAs, dispatch)
     streams: StreamGate                           # open /events streams in this process
+    feed: JobFeed = field(init=False)             # job changes, fanned out to those streams
     sample_cache: OrderedDict[tuple[str, int, float | None], bytes] = field(
         default_factory=OrderedDict)  # (model, seed, psi) -> PNG; small LRU per process

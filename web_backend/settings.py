@@ -22,7 +22,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = [
-    "AuthSettings", "DataSettings", "DispatchSettings", "HttpSettings",
+    "AuthSettings", "DataSettings", "DispatchSettings", "FeedSettings", "HttpSettings",
     "InsecureSettingsError", "LimitSettings", "MLClientSettings", "SampleSettings",
     "WebSettings",
 ]
@@ -128,6 +128,19 @@ class HttpSettings(_Group):
         return entries
 
 
+class FeedSettings(_Group):
+    """How each web process hears that jobs changed (its event streams follow this)."""
+
+    kind: Literal["auto", "postgres", "redis", "poll"] = var("JOB_FEED", "auto", description=(
+        "'postgres' = LISTEN/NOTIFY, 'redis' = pub/sub on CLIPGAN_REDIS_URL, 'poll' = one "
+        "query per tick per process; 'auto' picks them in that order from what is configured."))
+    poll_s: float = var("JOB_FEED_POLL_S", 0.25, gt=0, le=10, description=(
+        "Tick of the 'poll' feed."))
+    resync_s: float = var("JOB_FEED_RESYNC_S", 15.0, ge=0, description=(
+        "Re-read followed jobs this often anyway with 'postgres'/'redis' (0: only when the "
+        "feed reconnects)."))
+
+
 class SampleSettings(_Group):
     """Instant samples (``GET /v1/sample.png``)."""
 
@@ -198,6 +211,7 @@ class WebSettings(_Group):
     limits: LimitSettings = Field(default_factory=LimitSettings)
     http: HttpSettings = Field(default_factory=HttpSettings)
     samples: SampleSettings = Field(default_factory=SampleSettings)
+    feed: FeedSettings = Field(default_factory=FeedSettings)
     dispatch: DispatchSettings = Field(default_factory=DispatchSettings)
     ml: MLClientSettings = Field(default_factory=MLClientSettings)
 

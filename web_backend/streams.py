@@ -66,8 +66,11 @@ class StreamGate:
         return release
 
     @contextmanager
-    def closing_on_signals(self) -> Iterator[None]:
+    def closing_on_signals(self, on_close: Callable[[], None] | None = None) -> Iterator[None]:
         """While serving, SIGINT/SIGTERM also tell streams to end, then do what they did.
+
+        ``on_close`` runs in the signal handler (so it must only schedule work: waiting
+        streams are woken through it).
 
         Installed at app start-up, so what it chains to is the server's own handler
         (uvicorn's graceful shutdown). Outside the main thread (tests) there is
@@ -77,6 +80,8 @@ class StreamGate:
 
         def handler(signum: int, frame: FrameType | None) -> None:
             self.closing = True
+            if on_close is not None:
+                on_close()
             chained = previous.get(signum)
             if callable(chained):
                 chained(signum, frame)

@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import weakref
 from collections.abc import AsyncIterator, Callable
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Request, Response
-from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 
 from web_backend import jobs, queue
 from web_backend.deps import CurrentUser, OwnedJob, ServicesDep, SessionDep, job_by_token_or_link
 from web_backend.errors import Conflict, NotFound
+from web_backend.job_feed import JobView
 from web_backend.models import Job, JobStatus
 from web_backend.openapi import EVENT_STREAM, JOB_SUBMISSION, PNG, refusals
 from web_backend.schemas import JobOut, JobPage
@@ -25,7 +26,6 @@ __all__ = ["router"]
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
-SSE_POLL_S = 0.5
 SSE_HEARTBEAT_S = 15.0
 
 
@@ -101,62 +101,76 @@ def preview(request: Request, services: ServicesDep,
     return _file_response(request, services, job.preview_key, "preview", job)
 
 
-def _snapshot(services: Services, job_id: str, links_not_after: int,
-              ) -> tuple[JobOut, str | None] | None:
-    """The job as the client sees it, plus its preview's key (signed URLs change each call)."""
-    with services.session_factory() as session:
-        job = session.get(Job, job_id)
-        if job is None:
-            return None
-        return jobs.job_out(session, services, job, links_not_after=links_not_after), \
-            job.preview_key
-
-
 @router.get("/{job_id}/events", response_class=StreamingResponse, responses={
     **EVENT_STREAM, **refusals(401, 403, 404, 429, described={
         429: "Too many open streams for this account or this server."})})
 async def events(request: Request, services: ServicesDep,
-                 job: Annotated[Job, job_by_token_or_link("events")]) -> StreamingResponse:
-    """Live server-sent events ``status``, ``progress``, ``preview``, then ``done``."""
+                 job: Annotated[Job, job_by_token_or_link("events")],
+                 last_event_id: Annotated[int | None, Header(
+                     ge=0, le=2**31, description=(
+                         "Sent by browsers when they reconnect: the `id` of the last event "
+                         "received. Progress at or below it is not sent again."))] = None,
+                 ) -> StreamingResponse:
+    """Live server-sent events ``status``, ``progress``, ``preview``, then ``done``.
+
+    Each event's ``id`` is the job's progress step. A stream starts with a ``status``
+    event carrying the whole job, and costs the server nothing while the job is idle.
+    """
     release = services.streams.admit(job.user_id)  # 429 here, before the response starts
-    events = _job_events(request, services, job.id, request.state.credential_expires_at,
-                         release)
+    events = _job_events(services, job.id, request.state.credential_expires_at,
+                         last_event_id, release)
     weakref.finalize(events, release)  # a stream never started still gives its place back
     return StreamingResponse(events, media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
-async def _job_events(request: Request, services: Services, job_id: str, expires_at: int,
-                      release: Callable[[], None]) -> AsyncIterator[str]:
+def _event(name: str, out: JobOut) -> str:
+    return f"id: {out.progress.step}\nevent: {name}\ndata: {out.model_dump_json()}\n\n"
+
+
+async def _job_events(services: Services, job_id: str, expires_at: int,
+                      last_event_id: int | None, release: Callable[[], None],
+                      ) -> AsyncIterator[str]:
+    """Ends when the job does, the client leaves (Starlette cancels it), the credential
+    that opened it expires (the page then asks for a fresh link) or the server stops."""
     try:
-        seen: dict[str, Any] = {}
-        beat = time.monotonic()
-        # Ends when the job does, the client leaves, the credential that opened it
-        # expires (the page then asks for a fresh link) or the server is stopping.
-        while not await request.is_disconnected() and time.time() < expires_at \
-                and not services.streams.closing:
-            snapshot = await run_in_threadpool(_snapshot, services, job_id, expires_at)
-            if snapshot is None:
-                yield "event: done\ndata: {}\n\n"
-                return
-            out, preview_key = snapshot
-            data = out.model_dump_json()
-            changes = {"status": out.status, "progress": out.progress.step,
-                       "preview": preview_key}
-            if not seen:  # the first status event carries the whole job, progress included
-                seen["progress"] = out.progress.step
-            for name, value in changes.items():
-                if seen.get(name, ...) != value:
-                    seen[name] = value
-                    if value is not None:
-                        yield f"event: {name}\ndata: {data}\n\n"
+        async with services.feed.watch(job_id) as watch:
+            shown: JobView | None = None
+            floor = -1 if last_event_id is None else last_event_id  # progress already sent
+            beat = time.monotonic()
+            while not (services.feed.closing or services.streams.closing):
+                watch.changed.clear()
+                view = watch.view
+                if view is None:  # deleted with its account
+                    yield "event: done\ndata: {}\n\n"
+                    return
+                if view is not shown:
+                    out = jobs.relinked(services, view.out, expires_at)
+                    step, sent = out.progress.step, []
+                    if shown is None or shown.out.status != out.status:
+                        sent.append(_event("status", out))  # the whole job, progress included
+                        floor = max(step, floor) if shown is None else step
+                    elif step > floor:
+                        sent.append(_event("progress", out))
+                        floor = step
+                    if view.preview_key is not None and \
+                            (shown is None or shown.preview_key != view.preview_key):
+                        sent.append(_event("preview", out))
+                    if JobStatus(out.status).terminal:
+                        yield "".join([*sent, _event("done", out)])
+                        return
+                    shown = view
+                    if sent:
+                        yield "".join(sent)
                         beat = time.monotonic()
-            if JobStatus(out.status).terminal:
-                yield f"event: done\ndata: {data}\n\n"
-                return
-            if time.monotonic() - beat > SSE_HEARTBEAT_S:
-                yield ": keep-alive\n\n"
-                beat = time.monotonic()
-            await asyncio.sleep(SSE_POLL_S)
+                if time.time() >= expires_at:
+                    return
+                wait_s = min(beat + SSE_HEARTBEAT_S - time.monotonic(), expires_at - time.time())
+                if wait_s <= 0:
+                    yield ": keep-alive\n\n"
+                    beat = time.monotonic()
+                    continue
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(watch.changed.wait(), wait_s)
     finally:
         release()  # the stream's place under the caps, however it ended
