@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 from fastapi import Depends, Path, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.security import OAuth2PasswordBearer
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -17,13 +19,14 @@ from web_backend.services import Services
 from web_backend.settings import WebSettings
 
 __all__ = ["AdminUser", "ClientAddress", "CurrentLogin", "CurrentUser", "JobId", "OwnedJob",
-           "ServicesDep", "SessionDep", "SettingsDep", "job_by_token_or_link",
-           "limit_per_address"]
+           "ServicesDep", "SessionDep", "SettingsDep", "StreamAccess", "StreamAccessDep",
+           "job_by_token_or_link", "limit_per_address"]
 
 oauth2_scheme = OAuth2PasswordBearer(tokenUrl="/v1/auth/token", auto_error=False)
 
 
-def get_services(request: Request) -> Services:
+async def get_services(request: Request) -> Services:
+    """Async, like every dependency that does no I/O: a sync one costs a threadpool hop."""
     services: Services = request.app.state.services
     return services
 
@@ -31,14 +34,14 @@ def get_services(request: Request) -> Services:
 ServicesDep = Annotated[Services, Depends(get_services)]
 
 
-def get_settings(services: ServicesDep) -> WebSettings:
+async def get_settings(services: ServicesDep) -> WebSettings:
     return services.settings
 
 
 SettingsDep = Annotated[WebSettings, Depends(get_settings)]
 
 
-def client_address(request: Request) -> str:
+async def client_address(request: Request) -> str:
     """The client's address, as the server saw it (trusted proxies already applied)."""
     return request.client.host if request.client else "unknown"
 
@@ -176,3 +179,45 @@ def job_by_token_or_link(kind: str) -> Any:
         return _owned(job_id, user, session)
 
     return Depends(dependency)
+
+
+@dataclass(frozen=True)
+class StreamAccess:
+    """Who opens a job's event stream, and until when (links it hands out expire then too).
+
+    Decided in two halves so that a crowd opening streams costs no query each: the
+    credential here (a signed link is an HMAC, no database), the job's existence, owner
+    and owner's standing from the change feed's fresh read of the job (batched).
+    """
+
+    job_id: str
+    expires_at: int            # the credential's end: the stream ends then
+    user_id: int | None        # signed in as; None for a signed link (anyone holding it)
+
+    def check(self, owner_id: int, owner_active: bool) -> None:
+        """Raises what the other job routes would for the job's owner and standing."""
+        if self.user_id is not None and owner_id != self.user_id:
+            raise NotFound(f"no job {self.job_id}")
+        if not owner_active:
+            raise (Forbidden("this link is invalid or has expired") if self.user_id is None
+                   else Unauthorized("this account is disabled"))
+
+
+def _signed_in(services: Services, claims: AccessClaims) -> User:
+    with services.session_factory() as session:
+        return _login(claims, session)[0]
+
+
+async def get_stream_access(job_id: JobId, services: ServicesDep,
+                            token: Annotated[str | None, Depends(oauth2_scheme)] = None,
+                            exp: int | None = None, sig: str | None = None) -> StreamAccess:
+    if sig is not None and exp is not None:
+        if not verify_link(services.signing_key, job_id, "events", exp, sig):
+            raise Forbidden("this link is invalid or has expired")
+        return StreamAccess(job_id, exp, None)
+    claims = _claims(token, services)
+    user = await run_in_threadpool(_signed_in, services, claims)
+    return StreamAccess(job_id, claims.expires_at, user.id)
+
+
+StreamAccessDep = Annotated[StreamAccess, Depends(get_stream_access)]

@@ -13,9 +13,8 @@ job when its last watcher leaves.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,6 +32,8 @@ class JobView:
 
     out: JobOut                   # links inside expire at the usual TTL; streams re-sign
     preview_key: str | None
+    owner_id: int                 # whose streams these count as (the per-account cap)
+    owner_active: bool            # a disabled account's links open nothing
 
     @property
     def visible(self) -> tuple[Any, ...]:
@@ -53,19 +54,30 @@ class Watch:
         self.feed = feed
         self.job_id = job_id
         self.changed = asyncio.Event()
+        self._read: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     @property
     def view(self) -> JobView | None:
         return self.feed._views.get(self.job_id)
+
+    async def ready(self) -> JobView | None:
+        """The job as read after this watch began (so an access check on it is current)."""
+        await asyncio.shield(self._read)
+        return self.view
+
+    def close(self) -> None:
+        """Stop following (idempotent)."""
+        self.feed._unsubscribe(self)
 
 
 class JobFeed:
     """Watchers by job, the latest views, and the task that keeps them fresh.
 
     ``load`` reads views from the database (called in a worker thread, one call per
-    batch of changed jobs). ``source`` says which jobs changed. ``resync_s``: every so
-    often re-read everything followed anyway, a backstop for a change announced on a
-    connection that failed after the commit (0: never; a poller needs none).
+    batch of changed jobs: a crowd opening streams at once shares a few reads).
+    ``source`` says which jobs changed. ``resync_s``: every so often re-read everything
+    followed anyway, a backstop for a change announced on a connection that failed
+    after the commit (0: never; a poller needs none).
     """
 
     def __init__(self, *, load: ViewLoader, source: ChangeSource, resync_s: float) -> None:
@@ -75,10 +87,9 @@ class JobFeed:
         self._watchers: dict[str, set[Watch]] = {}
         self._views: dict[str, JobView | None] = {}
         self._dirty: set[str] = set()
+        self._unread: dict[str, list[Watch]] = {}  # new watches waiting for their first read
         self._pending = asyncio.Event()
-        self._generation = 0                 # bumped per load: an old read never wins
-        self._loaded_at: dict[str, int] = {}
-        self.loads = 0                       # database reads so far (tests, bench)
+        self.loads = 0                             # database reads so far (tests, bench)
         self.closing = False
 
     # --- what streams use ---------------------------------------------------------------
@@ -91,30 +102,31 @@ class JobFeed:
     def watchers(self) -> int:
         return sum(len(watches) for watches in self._watchers.values())
 
-    @contextlib.asynccontextmanager
-    async def watch(self, job_id: str) -> AsyncIterator[Watch]:
-        """Follow ``job_id`` while inside; ``watch.view`` is set on entry.
+    def subscribe(self, job_id: str) -> Watch:
+        """Follow ``job_id`` until ``watch.close()``; ``await watch.ready()`` for its view.
 
-        The watcher is registered before its first read, so a change that lands during
-        that read is not missed: it wakes the watch, which reads again.
+        The watch is registered before its first read, so a change that lands during
+        that read is not missed. The first read is fresh even when others already follow
+        the job: it is where the stream's access is decided.
         """
         watch = Watch(self, job_id)
         self._watchers.setdefault(job_id, set()).add(watch)
-        try:
-            if job_id not in self._views:
-                await self._refresh(frozenset((job_id,)))
-            yield watch
-        finally:
-            watches = self._watchers.get(job_id)
-            if watches is not None:
-                watches.discard(watch)
-                if not watches:
-                    del self._watchers[job_id]
-                    self._views.pop(job_id, None)
-                    self._loaded_at.pop(job_id, None)
+        self._unread.setdefault(job_id, []).append(watch)
+        self._dirty.add(job_id)
+        self._pending.set()
+        return watch
+
+    def _unsubscribe(self, watch: Watch) -> None:
+        watches = self._watchers.get(watch.job_id)
+        if watches is None or watch not in watches:
+            return
+        watches.discard(watch)
+        if not watches:
+            del self._watchers[watch.job_id]
+            self._views.pop(watch.job_id, None)
 
     def close(self) -> None:
-        """The server is stopping: wake every stream so it can end. Any thread."""
+        """The server is stopping: wake every stream so it can end."""
         self.closing = True
         for watches in list(self._watchers.values()):
             for watch in list(watches):
@@ -131,19 +143,26 @@ class JobFeed:
             self._pending.set()
 
     async def _refresh(self, job_ids: frozenset[str]) -> None:
-        self._generation += 1
-        generation = self._generation
+        waiting = {job_id: self._unread.pop(job_id) for job_id in job_ids
+                   if job_id in self._unread}
         self.loads += 1
-        views = await asyncio.to_thread(self.load, job_ids)
+        try:
+            views = await asyncio.to_thread(self.load, job_ids)
+        except BaseException:
+            for job_id, unread in waiting.items():  # read again in the next batch
+                self._unread.setdefault(job_id, []).extend(unread)
+            raise
         for job_id, view in views.items():
-            if job_id not in self._watchers or self._loaded_at.get(job_id, 0) > generation:
-                continue  # nobody follows it any more, or a later read already landed
-            self._loaded_at[job_id] = generation
-            old = self._views.get(job_id, ...)
-            self._views[job_id] = view
-            if old is ... or old is None or view is None or old.visible != view.visible:
-                for watch in self._watchers[job_id]:
-                    watch.changed.set()
+            watches = self._watchers.get(job_id)
+            if watches:
+                old = self._views.get(job_id, ...)
+                self._views[job_id] = view
+                if old is ... or old is None or view is None or old.visible != view.visible:
+                    for watch in watches:
+                        watch.changed.set()
+            for watch in waiting.get(job_id, ()):
+                if not watch._read.done():
+                    watch._read.set_result(None)
 
     async def _listen(self) -> None:
         async for batch in self.source():
@@ -154,6 +173,8 @@ class JobFeed:
             await self._pending.wait()
             self._pending.clear()
             batch, self._dirty = frozenset(self._dirty), set()
+            if not batch:
+                continue
             try:
                 await self._refresh(batch)
             except Exception as exc:  # the database is away: keep them dirty, try again

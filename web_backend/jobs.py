@@ -167,17 +167,22 @@ def relinked(services: Services, out: JobOut, links_not_after: int) -> JobOut:
                                   "events_url": link("events", True)})
 
 
+JobViewRow = tuple[JobOut, str | None, int, bool]  # the job, its preview, owner, owner active
+
+
 def job_views(session: Session, services: Services, job_ids: frozenset[str],
-              ) -> dict[str, tuple[JobOut, str | None] | None]:
-    """Several jobs as their owner sees them, in one query (plus one for the ETA unit when
-    any is active): the change feed reads every job that changed in a batch this way.
-    A job that does not exist (any more) maps to None."""
-    found = list(session.scalars(select(Job).where(Job.id.in_(job_ids))))
+              ) -> dict[str, JobViewRow | None]:
+    """Several jobs as their owner sees them, with their owner's standing, in one query
+    (plus one for the ETA unit when any is active): the change feed reads every job that
+    changed in a batch this way. A job that does not exist (any more) maps to None."""
+    found = session.execute(select(Job, User.is_active).join(User, User.id == Job.user_id)
+                            .where(Job.id.in_(job_ids))).all()
     average_s = (average_job_seconds(session, services)
-                 if any(job.status in _ACTIVE for job in found) else None)
-    views: dict[str, tuple[JobOut, str | None] | None] = dict.fromkeys(job_ids)
-    for job in found:
-        views[job.id] = job_out(session, services, job, average_s=average_s), job.preview_key
+                 if any(job.status in _ACTIVE for job, _ in found) else None)
+    views: dict[str, JobViewRow | None] = dict.fromkeys(job_ids)
+    for job, active in found:
+        views[job.id] = (job_out(session, services, job, average_s=average_s), job.preview_key,
+                         job.user_id, active)
     return views
 
 

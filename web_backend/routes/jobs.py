@@ -13,9 +13,16 @@ from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import StreamingResponse
 
 from web_backend import jobs, queue
-from web_backend.deps import CurrentUser, OwnedJob, ServicesDep, SessionDep, job_by_token_or_link
-from web_backend.errors import Conflict, NotFound
-from web_backend.job_feed import JobView
+from web_backend.deps import (
+    CurrentUser,
+    OwnedJob,
+    ServicesDep,
+    SessionDep,
+    StreamAccessDep,
+    job_by_token_or_link,
+)
+from web_backend.errors import Conflict, NotFound, ServiceUnavailable
+from web_backend.job_feed import JobView, Watch
 from web_backend.models import Job, JobStatus
 from web_backend.openapi import EVENT_STREAM, JOB_SUBMISSION, PNG, refusals
 from web_backend.schemas import JobOut, JobPage
@@ -27,6 +34,7 @@ __all__ = ["router"]
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
 SSE_HEARTBEAT_S = 15.0
+FIRST_READ_TIMEOUT_S = 10.0
 
 
 @router.post("", status_code=202, response_model=JobOut, openapi_extra=JOB_SUBMISSION,
@@ -102,10 +110,9 @@ def preview(request: Request, services: ServicesDep,
 
 
 @router.get("/{job_id}/events", response_class=StreamingResponse, responses={
-    **EVENT_STREAM, **refusals(401, 403, 404, 429, described={
+    **EVENT_STREAM, **refusals(401, 403, 404, 429, 503, described={
         429: "Too many open streams for this account or this server."})})
-async def events(request: Request, services: ServicesDep,
-                 job: Annotated[Job, job_by_token_or_link("events")],
+async def events(access: StreamAccessDep, services: ServicesDep,
                  last_event_id: Annotated[int | None, Header(
                      ge=0, le=2**31, description=(
                          "Sent by browsers when they reconnect: the `id` of the last event "
@@ -116,10 +123,23 @@ async def events(request: Request, services: ServicesDep,
     Each event's ``id`` is the job's progress step. A stream starts with a ``status``
     event carrying the whole job, and costs the server nothing while the job is idle.
     """
-    release = services.streams.admit(job.user_id)  # 429 here, before the response starts
-    events = _job_events(services, job.id, request.state.credential_expires_at,
-                         last_event_id, release)
+    watch = services.feed.subscribe(access.job_id)
+    try:
+        try:
+            view = await asyncio.wait_for(watch.ready(), FIRST_READ_TIMEOUT_S)
+        except TimeoutError:
+            raise ServiceUnavailable("the database is not answering; retry shortly",
+                                     retry_after_s=5) from None
+        if view is None:
+            raise NotFound(f"no job {access.job_id}")
+        access.check(view.owner_id, view.owner_active)
+        release = services.streams.admit(view.owner_id)  # 429 before the response starts
+    except BaseException:
+        watch.close()
+        raise
+    events = _job_events(services, watch, access.expires_at, last_event_id, release)
     weakref.finalize(events, release)  # a stream never started still gives its place back
+    weakref.finalize(events, watch.close)
     return StreamingResponse(events, media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
@@ -128,49 +148,49 @@ def _event(name: str, out: JobOut) -> str:
     return f"id: {out.progress.step}\nevent: {name}\ndata: {out.model_dump_json()}\n\n"
 
 
-async def _job_events(services: Services, job_id: str, expires_at: int,
+async def _job_events(services: Services, watch: Watch, expires_at: int,
                       last_event_id: int | None, release: Callable[[], None],
                       ) -> AsyncIterator[str]:
     """Ends when the job does, the client leaves (Starlette cancels it), the credential
     that opened it expires (the page then asks for a fresh link) or the server stops."""
     try:
-        async with services.feed.watch(job_id) as watch:
-            shown: JobView | None = None
-            floor = -1 if last_event_id is None else last_event_id  # progress already sent
-            beat = time.monotonic()
-            while not (services.feed.closing or services.streams.closing):
-                watch.changed.clear()
-                view = watch.view
-                if view is None:  # deleted with its account
-                    yield "event: done\ndata: {}\n\n"
+        shown: JobView | None = None
+        floor = -1 if last_event_id is None else last_event_id  # progress already sent
+        beat = time.monotonic()
+        while not (services.feed.closing or services.streams.closing):
+            watch.changed.clear()
+            view = watch.view
+            if view is None:  # deleted with its account
+                yield "event: done\ndata: {}\n\n"
+                return
+            if view is not shown:
+                out = jobs.relinked(services, view.out, expires_at)
+                step, sent = out.progress.step, []
+                if shown is None or shown.out.status != out.status:
+                    sent.append(_event("status", out))  # the whole job, progress included
+                    floor = max(step, floor) if shown is None else step
+                elif step > floor:
+                    sent.append(_event("progress", out))
+                    floor = step
+                if view.preview_key is not None and \
+                        (shown is None or shown.preview_key != view.preview_key):
+                    sent.append(_event("preview", out))
+                if JobStatus(out.status).terminal:
+                    yield "".join([*sent, _event("done", out)])
                     return
-                if view is not shown:
-                    out = jobs.relinked(services, view.out, expires_at)
-                    step, sent = out.progress.step, []
-                    if shown is None or shown.out.status != out.status:
-                        sent.append(_event("status", out))  # the whole job, progress included
-                        floor = max(step, floor) if shown is None else step
-                    elif step > floor:
-                        sent.append(_event("progress", out))
-                        floor = step
-                    if view.preview_key is not None and \
-                            (shown is None or shown.preview_key != view.preview_key):
-                        sent.append(_event("preview", out))
-                    if JobStatus(out.status).terminal:
-                        yield "".join([*sent, _event("done", out)])
-                        return
-                    shown = view
-                    if sent:
-                        yield "".join(sent)
-                        beat = time.monotonic()
-                if time.time() >= expires_at:
-                    return
-                wait_s = min(beat + SSE_HEARTBEAT_S - time.monotonic(), expires_at - time.time())
-                if wait_s <= 0:
-                    yield ": keep-alive\n\n"
+                shown = view
+                if sent:
+                    yield "".join(sent)
                     beat = time.monotonic()
-                    continue
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(watch.changed.wait(), wait_s)
+            if time.time() >= expires_at:
+                return
+            wait_s = min(beat + SSE_HEARTBEAT_S - time.monotonic(), expires_at - time.time())
+            if wait_s <= 0:
+                yield ": keep-alive\n\n"
+                beat = time.monotonic()
+                continue
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(watch.changed.wait(), wait_s)
     finally:
+        watch.close()
         release()  # the stream's place under the caps, however it ended
