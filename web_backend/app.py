@@ -30,8 +30,8 @@ from web_backend.feed_sources import (
     publish_commits_to_redis,
     resolve_feed_kind,
 )
-from web_backend.job_feed import JobFeed, JobView
-from web_backend.jobs import job_views
+from web_backend.job_feed import JobFeed, JobView, Visible, visible_state
+from web_backend.jobs import job_columns, job_views
 from web_backend.logs import RequestIdMiddleware
 from web_backend.metrics import Metrics
 from web_backend.middleware import Admission, ConcurrencyLimit
@@ -95,7 +95,15 @@ def _job_feed(services: Services, kind: FeedKind) -> JobFeed:
     else:
         source = PollChanges(services.session_factory, lambda: feed.watching,
                              interval_s=settings.feed.poll_s)
-    feed = JobFeed(load=load, source=source,
+    def load_visible(job_ids: frozenset[str]) -> dict[str, Visible]:
+        with services.session_factory() as session:
+            return {job_id: visible_state(status=status, step=step, total=total, score=score,
+                                          preview_key=preview, has_image=bool(image),
+                                          error=error)
+                    for job_id, status, step, total, score, preview, image, error
+                    in job_columns(session, job_ids)}
+
+    feed = JobFeed(load=load, load_visible=load_visible, source=source,
                    resync_s=0.0 if kind == "poll" else settings.feed.resync_s)
     return feed
 

@@ -115,14 +115,14 @@ def get_current_login(token: Annotated[str | None, Depends(oauth2_scheme)],
 CurrentLogin = Annotated[tuple[User, AuthSession], Depends(get_current_login)]
 
 
-def get_current_user(login: CurrentLogin) -> User:
+async def get_current_user(login: CurrentLogin) -> User:
     return login[0]
 
 
 CurrentUser = Annotated[User, Depends(get_current_user)]
 
 
-def get_admin(user: CurrentUser) -> User:
+async def get_admin(user: CurrentUser) -> User:
     if not user.is_admin:
         raise Forbidden("administrators only")
     return user

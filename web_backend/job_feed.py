@@ -21,7 +21,7 @@ from typing import Any
 from web_backend.feed_sources import RESYNC, ChangeSource
 from web_backend.schemas import JobOut
 
-__all__ = ["JobFeed", "JobView", "Watch"]
+__all__ = ["JobFeed", "JobView", "Visible", "Watch", "visible_state"]
 
 log = logging.getLogger(__name__)
 
@@ -36,14 +36,27 @@ class JobView:
     owner_active: bool            # a disabled account's links open nothing
 
     @property
-    def visible(self) -> tuple[Any, ...]:
-        """What a change must touch to be worth waking watchers (not ETA, not links)."""
+    def visible(self) -> Visible:
         out = self.out
-        return (out.status, out.progress.step, out.progress.total, out.progress.score,
-                self.preview_key, out.image_url is not None, out.error, out.queue_position)
+        return visible_state(status=out.status, step=out.progress.step,
+                             total=out.progress.total, score=out.progress.score,
+                             preview_key=self.preview_key, has_image=out.image_url is not None,
+                             error=out.error)
+
+
+Visible = tuple[Any, ...]
+
+
+def visible_state(*, status: str, step: int, total: int, score: float | None,
+                  preview_key: str | None, has_image: bool, error: str | None) -> Visible:
+    """What a change must touch to be worth an event (not the ETA, not the queue position,
+    not the lease): the same from a view and from a row's columns, so a resync can
+    compare cheap columns instead of rebuilding views."""
+    return (str(status), step, total, score, preview_key, has_image, error)
 
 
 ViewLoader = Callable[[frozenset[str]], dict[str, JobView | None]]  # None: no such job
+VisibleLoader = Callable[[frozenset[str]], dict[str, Visible]]    # missing: no such job
 
 
 class Watch:
@@ -75,13 +88,16 @@ class JobFeed:
 
     ``load`` reads views from the database (called in a worker thread, one call per
     batch of changed jobs: a crowd opening streams at once shares a few reads).
-    ``source`` says which jobs changed. ``resync_s``: every so often re-read everything
-    followed anyway, a backstop for a change announced on a connection that failed
-    after the commit (0: never; a poller needs none).
+    ``load_visible`` reads only what :func:`visible_state` compares, for every followed
+    job at once: when the source may have missed changes, and every ``resync_s`` (a
+    backstop for a change announced on a connection that failed after its commit; 0:
+    never), only the jobs that differ are read whole. ``source`` says what changed.
     """
 
-    def __init__(self, *, load: ViewLoader, source: ChangeSource, resync_s: float) -> None:
+    def __init__(self, *, load: ViewLoader, load_visible: VisibleLoader, source: ChangeSource,
+                 resync_s: float) -> None:
         self.load = load
+        self.load_visible = load_visible
         self.source = source
         self.resync_s = resync_s
         self._watchers: dict[str, set[Watch]] = {}
@@ -89,6 +105,7 @@ class JobFeed:
         self._dirty: set[str] = set()
         self._unread: dict[str, list[Watch]] = {}  # new watches waiting for their first read
         self._pending = asyncio.Event()
+        self._resync = asyncio.Event()
         self.loads = 0                             # database reads so far (tests, bench)
         self.closing = False
 
@@ -136,8 +153,10 @@ class JobFeed:
 
     def changed(self, job_ids: Iterable[str] | None) -> None:
         """These jobs changed (``None``: maybe any of them did)."""
-        followed = self._watchers.keys() if job_ids is RESYNC else \
-            [job_id for job_id in job_ids if job_id in self._watchers]
+        if job_ids is RESYNC:
+            self._resync.set()
+            return
+        followed = [job_id for job_id in job_ids if job_id in self._watchers]
         if followed:
             self._dirty.update(followed)
             self._pending.set()
@@ -158,7 +177,7 @@ class JobFeed:
                 old = self._views.get(job_id, ...)
                 self._views[job_id] = view
                 if old is ... or old is None or view is None or old.visible != view.visible:
-                    for watch in watches:
+                    for watch in list(watches):
                         watch.changed.set()
             for watch in waiting.get(job_id, ()):
                 if not watch._read.done():
@@ -184,17 +203,41 @@ class JobFeed:
                 await asyncio.sleep(1.0)
                 self._pending.set()
 
+    async def _resyncer(self) -> None:
+        """Compare what is shown with the rows' columns; re-read only what differs."""
+        while True:
+            await self._resync.wait()
+            self._resync.clear()
+            followed = frozenset(self._watchers)
+            if not followed:
+                continue
+            try:
+                rows = await asyncio.to_thread(self.load_visible, followed)
+            except Exception as exc:
+                log.warning("job feed: resync failed (%s: %s); retrying", type(exc).__name__,
+                            exc)
+                await asyncio.sleep(1.0)
+                self._resync.set()
+                continue
+            stale = []
+            for job_id in followed:
+                view = self._views.get(job_id)
+                if view is None or rows.get(job_id) != view.visible:
+                    stale.append(job_id)
+            self.changed(stale)
+
     async def _resync_every(self) -> None:
         while True:
             await asyncio.sleep(self.resync_s)
-            self.changed(RESYNC)
+            self._resync.set()
 
     async def run(self) -> None:
         """Until cancelled (the app's lifespan owns this task)."""
         tasks = [asyncio.create_task(self._listen(), name="job-feed-listen"),
-                 asyncio.create_task(self._refresher(), name="job-feed-refresh")]
+                 asyncio.create_task(self._refresher(), name="job-feed-refresh"),
+                 asyncio.create_task(self._resyncer(), name="job-feed-resync")]
         if self.resync_s > 0:
-            tasks.append(asyncio.create_task(self._resync_every(), name="job-feed-resync"))
+            tasks.append(asyncio.create_task(self._resync_every(), name="job-feed-backstop"))
         try:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
             for task in done:

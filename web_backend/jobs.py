@@ -27,7 +27,8 @@ from web_backend.schemas import JobOut, JobPage, Progress
 from web_backend.security import sign_link
 from web_backend.services import Services
 
-__all__ = ["average_job_seconds", "job_out", "job_views", "list_jobs", "relinked", "submit"]
+__all__ = ["average_job_seconds", "job_columns", "job_out", "job_views", "list_jobs", "relinked",
+           "submit"]
 
 _ACTIVE = (JobStatus.queued, JobStatus.running)
 
@@ -184,6 +185,15 @@ def job_views(session: Session, services: Services, job_ids: frozenset[str],
         views[job.id] = (job_out(session, services, job, average_s=average_s), job.preview_key,
                          job.user_id, active)
     return views
+
+
+def job_columns(session: Session, job_ids: frozenset[str]) -> list[tuple[Any, ...]]:
+    """What an event stream shows of each job, straight from the columns (no view built):
+    (id, status, progress step, total, score, preview key, has image, error)."""
+    return [tuple(row) for row in session.execute(
+        select(Job.id, Job.status, Job.progress_step, Job.progress_total, Job.score,
+               Job.preview_key, Job.result_key.is_not(None), Job.error)
+        .where(Job.id.in_(job_ids)))]
 
 
 def _encode_cursor(job: Job) -> str:

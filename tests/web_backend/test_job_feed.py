@@ -20,7 +20,7 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from tests.infra import fresh_postgres_database, require_redis
-from tests.web_backend.helpers import SECRET, Account
+from tests.web_backend.helpers import SECRET, Account, make_admin
 from web_backend import migrate, queue
 from web_backend.app import build_services, create_app
 from web_backend.models import JobStatus
@@ -225,6 +225,25 @@ def test_a_reconnecting_client_gets_no_progress_twice(
     assert stream.progress() == [2, 5, 5]
     refused = alice.get(job["events_url"], headers={"Last-Event-ID": "yesterday"})
     assert refused.status_code == 422
+
+
+def test_a_followed_job_is_still_refused_once_its_owner_is_disabled(
+        app: FastAPI, client: TestClient, alice: Account, elsewhere: Services) -> None:
+    """Opening a stream reads the job afresh even when this process already follows it:
+    a cached view must not keep a disabled account's links working."""
+    job = _submit(alice)
+    stream = Stream(client, job["events_url"])
+    stream.wait_for(lambda e: len(e) == 1)
+    admin = make_admin(app, Account(client, "root"))
+    assert admin.post(f"/v1/admin/users/{alice.id}/disable").status_code == 200
+    refused = client.get(job["events_url"])
+    assert refused.status_code == 403, refused.text
+    assert refused.json() == {"detail": "this link is invalid or has expired"}
+    missing = client.get(job["events_url"].replace(job["id"], "no-such-job"))
+    assert missing.status_code == 403  # the link's signature covers the job id
+    claim = _claim(elsewhere)
+    _write(elsewhere, queue.finish, claim, status=JobStatus.cancelled, error="cancelled")
+    stream.done()
 
 
 def _restart_postgres() -> None:
