@@ -162,8 +162,7 @@ def create_app(settings: WebSettings | None = None, *, ml_client: MLClient | Non
                 await task
             services.feed.close()
             feed.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await feed
+            await asyncio.gather(feed, return_exceptions=True)  # a failure was logged
             services.engine.dispose()
 
     app = FastAPI(title="clipgan", version="0.1.0", lifespan=lifespan,

@@ -75,6 +75,8 @@ class Watch:
 
     async def ready(self) -> JobView | None:
         """The job as read after this watch began (so an access check on it is current)."""
+        if not self.feed.running:  # nobody batches reads: read it here
+            await self.feed._refresh(frozenset((self.job_id,)))
         await asyncio.shield(self._read)
         return self.view
 
@@ -104,12 +106,18 @@ class JobFeed:
         self._views: dict[str, JobView | None] = {}
         self._dirty: set[str] = set()
         self._unread: dict[str, list[Watch]] = {}  # new watches waiting for their first read
-        self._pending = asyncio.Event()
-        self._resync = asyncio.Event()
+        # bound to the loop that runs the feed: made in run() (an app may be served by one
+        # event loop after another, as tests do)
+        self._pending: asyncio.Event | None = None
+        self._resync: asyncio.Event | None = None
         self.loads = 0                             # database reads so far (tests, bench)
         self.closing = False
 
     # --- what streams use ---------------------------------------------------------------
+
+    @property
+    def running(self) -> bool:
+        return self._pending is not None
 
     @property
     def watching(self) -> bool:
@@ -130,7 +138,8 @@ class JobFeed:
         self._watchers.setdefault(job_id, set()).add(watch)
         self._unread.setdefault(job_id, []).append(watch)
         self._dirty.add(job_id)
-        self._pending.set()
+        if self._pending is not None:
+            self._pending.set()
         return watch
 
     def _unsubscribe(self, watch: Watch) -> None:
@@ -154,12 +163,14 @@ class JobFeed:
     def changed(self, job_ids: Iterable[str] | None) -> None:
         """These jobs changed (``None``: maybe any of them did)."""
         if job_ids is RESYNC:
-            self._resync.set()
+            if self._resync is not None:
+                self._resync.set()
             return
         followed = [job_id for job_id in job_ids if job_id in self._watchers]
         if followed:
             self._dirty.update(followed)
-            self._pending.set()
+            if self._pending is not None:
+                self._pending.set()
 
     async def _refresh(self, job_ids: frozenset[str]) -> None:
         waiting = {job_id: self._unread.pop(job_id) for job_id in job_ids
@@ -187,10 +198,10 @@ class JobFeed:
         async for batch in self.source():
             self.changed(batch)
 
-    async def _refresher(self) -> None:
+    async def _refresher(self, pending: asyncio.Event) -> None:
         while True:
-            await self._pending.wait()
-            self._pending.clear()
+            await pending.wait()
+            pending.clear()
             batch, self._dirty = frozenset(self._dirty), set()
             if not batch:
                 continue
@@ -201,13 +212,13 @@ class JobFeed:
                             type(exc).__name__, exc)
                 self._dirty.update(batch)
                 await asyncio.sleep(1.0)
-                self._pending.set()
+                pending.set()
 
-    async def _resyncer(self) -> None:
+    async def _resyncer(self, resync: asyncio.Event) -> None:
         """Compare what is shown with the rows' columns; re-read only what differs."""
         while True:
-            await self._resync.wait()
-            self._resync.clear()
+            await resync.wait()
+            resync.clear()
             followed = frozenset(self._watchers)
             if not followed:
                 continue
@@ -217,7 +228,7 @@ class JobFeed:
                 log.warning("job feed: resync failed (%s: %s); retrying", type(exc).__name__,
                             exc)
                 await asyncio.sleep(1.0)
-                self._resync.set()
+                resync.set()
                 continue
             stale = []
             for job_id in followed:
@@ -226,23 +237,29 @@ class JobFeed:
                     stale.append(job_id)
             self.changed(stale)
 
-    async def _resync_every(self) -> None:
+    async def _resync_every(self, resync: asyncio.Event) -> None:
         while True:
             await asyncio.sleep(self.resync_s)
-            self._resync.set()
+            resync.set()
 
     async def run(self) -> None:
         """Until cancelled (the app's lifespan owns this task)."""
+        pending, resync = asyncio.Event(), asyncio.Event()
+        self._pending, self._resync, self.closing = pending, resync, False
+        if self._dirty:
+            pending.set()  # subscribed before the feed ran
         tasks = [asyncio.create_task(self._listen(), name="job-feed-listen"),
-                 asyncio.create_task(self._refresher(), name="job-feed-refresh"),
-                 asyncio.create_task(self._resyncer(), name="job-feed-resync")]
+                 asyncio.create_task(self._refresher(pending), name="job-feed-refresh"),
+                 asyncio.create_task(self._resyncer(resync), name="job-feed-resync")]
         if self.resync_s > 0:
-            tasks.append(asyncio.create_task(self._resync_every(), name="job-feed-backstop"))
+            tasks.append(asyncio.create_task(self._resync_every(resync),
+                                             name="job-feed-backstop"))
         try:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
             for task in done:
                 task.result()  # a source that gave up: say so
         finally:
+            self._pending = self._resync = None
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)

@@ -246,6 +246,20 @@ def test_a_followed_job_is_still_refused_once_its_owner_is_disabled(
     stream.done()
 
 
+@pytest.mark.parametrize("feed_settings", ["poll"], indirect=True)
+def test_an_app_served_again_by_a_new_event_loop_still_streams(
+        app: FastAPI, elsewhere: Services) -> None:
+    """Each TestClient (and schemathesis, and a restarted lifespan) brings its own loop."""
+    with TestClient(app) as first:
+        job = _submit(Account(first, "alice"))
+    with TestClient(app) as second:
+        stream = Stream(second, job["events_url"])
+        stream.wait_for(lambda e: len(e) == 1)
+        claim = _claim(elsewhere)
+        _write(elsewhere, queue.finish, claim, status=JobStatus.cancelled, error="cancelled")
+        assert stream.done()[-1][2]["status"] == "cancelled"
+
+
 def _restart_postgres() -> None:
     version = sorted(os.listdir("/etc/postgresql"))[-1]
     subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", "restart"],

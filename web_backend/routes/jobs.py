@@ -34,7 +34,7 @@ __all__ = ["router"]
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
 SSE_HEARTBEAT_S = 15.0
-FIRST_READ_TIMEOUT_S = 10.0
+FIRST_READ_TIMEOUT_S = 5.0
 
 
 @router.post("", status_code=202, response_model=JobOut, openapi_extra=JOB_SUBMISSION,
