@@ -53,18 +53,8 @@ def feed_settings(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[We
 
 @pytest.fixture
 def app(feed_settings: WebSettings) -> FastAPI:
+    """conftest's ``client`` and ``alice`` use this app."""
     return create_app(feed_settings)
-
-
-@pytest.fixture
-def client(app: FastAPI) -> Iterator[TestClient]:
-    with TestClient(app) as c:
-        yield c
-
-
-@pytest.fixture
-def alice(client: TestClient) -> Account:
-    return Account(client, "alice")
 
 
 @pytest.fixture
@@ -142,11 +132,17 @@ def _submit(alice: Account, steps: int = 6) -> dict[str, Any]:
     return r.json()
 
 
-def _streaming(app: FastAPI, n: int, timeout: float = 10) -> None:
+def _open_streams(app: FastAPI, client: TestClient, url: str, n: int,
+                  timeout: float = 10) -> list[Stream]:
+    """``n`` streams of one job, each past its first event."""
+    streams = [Stream(client, url) for _ in range(n)]
     deadline = time.monotonic() + timeout
     while app.state.services.feed.watchers < n:
         assert time.monotonic() < deadline, "streams did not open"
         time.sleep(0.02)
+    for stream in streams:
+        stream.wait_for(lambda e: len(e) == 1)
+    return streams
 
 
 def test_a_stream_follows_a_job_run_by_another_process(
@@ -176,10 +172,7 @@ def test_idle_streams_cost_no_reads_and_a_change_is_read_once_for_all(
     feed = app.state.services.feed
     job = _submit(alice)
     claim = _claim(elsewhere)
-    streams = [Stream(client, job["events_url"]) for _ in range(8)]
-    _streaming(app, 8)
-    for stream in streams:
-        stream.wait_for(lambda e: len(e) == 1)
+    streams = _open_streams(app, client, job["events_url"], 8)
     time.sleep(0.5)  # the poller re-reports the claim once (its look-back overlap)
     reads = feed.loads
     time.sleep(1.5)  # idle: no job is read, whatever the number of streams
@@ -301,10 +294,7 @@ def test_streams_survive_a_restart_of_the_feed_service(
         elsewhere: Services) -> None:
     job = _submit(alice)
     claim = _claim(elsewhere)
-    streams = [Stream(client, job["events_url"]) for _ in range(3)]
-    _streaming(app, 3)
-    for stream in streams:
-        stream.wait_for(lambda e: len(e) == 1)
+    streams = _open_streams(app, client, job["events_url"], 3)
     if feed_settings.feed.kind == "redis":
         _stop_redis()
         try:  # committed while Redis is away: its announcement is lost
