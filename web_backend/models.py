@@ -33,7 +33,8 @@ NAMING_CONVENTION = {  # stable constraint names, so migrations can drop them on
     "pk": "pk_%(table_name)s",
 }
 
-__all__ = ["AuthSession", "Base", "Job", "JobStatus", "RefreshToken", "User", "utcnow"]
+__all__ = ["AuthSession", "Base", "DeliveryStatus", "Job", "JobStatus", "RefreshToken", "User",
+           "WebhookDelivery", "utcnow"]
 
 
 class JobStatus(StrEnum):
@@ -76,6 +77,8 @@ class User(Base):
     submissions_per_minute: Mapped[int | None] = mapped_column(Integer, nullable=True)
     max_active_jobs: Mapped[int | None] = mapped_column(Integer, nullable=True)
     daily_images: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # signs this user's webhooks (Standard Webhooks "whsec_..."); shown to them once
+    webhook_secret: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
     sessions: Mapped[list[AuthSession]] = relationship(back_populates="user")
 
@@ -153,4 +156,38 @@ class Job(Base):
     fencing_token: Mapped[int] = mapped_column(BigInteger, default=0)
     # a queued job is not claimed before this (retry backoff); NULL = at once
     available_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True),
+                                                          nullable=True)
+    # where to announce the end of the job, and which endings (webhook_outbox)
+    webhook_url: Mapped[str | None] = mapped_column(String(2048), nullable=True)
+    webhook_events: Mapped[list[str] | None] = mapped_column(JSON, nullable=True)
+
+
+class DeliveryStatus(StrEnum):
+    pending = "pending"        # due at next_attempt_at (also while a sender holds it)
+    delivered = "delivered"    # the receiver answered 2xx
+    failed = "failed"          # every attempt failed; last_error says why
+
+
+class WebhookDelivery(Base):
+    """The outbox: one row per webhook to send, written in the transaction that ended the
+    job, so a crash between the two loses nothing. Its id is the ``webhook-id`` receivers
+    deduplicate on (delivery is at least once)."""
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (Index("ix_webhook_deliveries_due", "status", "next_attempt_at"),)
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True,
+                                    default=lambda: f"msg_{uuid.uuid4().hex}")
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    event: Mapped[str] = mapped_column(String(16))            # completed | failed | cancelled
+    status: Mapped[DeliveryStatus] = mapped_column(
+        Enum(DeliveryStatus, native_enum=False, create_constraint=False, length=16,
+             values_callable=lambda statuses: [s.value for s in statuses]),
+        default=DeliveryStatus.pending)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    # when to try next; a sender pushes it past its attempt (a lease: if it dies, it is due)
+    next_attempt_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    delivered_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True),
                                                           nullable=True)

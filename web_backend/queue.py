@@ -23,6 +23,8 @@ process, or standalone) and crashes anywhere stay correct:
   failed with a reason after the last.
 * **Results**: :func:`finish` with ``succeeded`` takes the stored PNG's key, so a
   succeeded job always has its image (the caller stores it first).
+* **Webhooks**: every transition that ends a job records its pending webhook in the
+  same transaction (:mod:`web_backend.webhook_outbox`).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from typing import Any
 from sqlalchemy import and_, or_, select, update
 from sqlalchemy.orm import Session
 
+from web_backend import webhook_outbox
 from web_backend.feed_sources import mark_changed
 from web_backend.models import Job, JobStatus, utcnow
 
@@ -66,10 +69,13 @@ def enqueue(session: Session, *,
             image_prompt_key: str | None,          # blob key of the image prompt
             idempotency_key:  str | None,          # unique per user when given
             progress_total:   int,                 # steps the search will take (0: sample)
+            webhook_url:      str | None = None,   # checked already (webhook_targets)
+            webhook_events:   list[str] | None = None,  # endings to announce there
             ) -> Job:
     """A new queued job. Raises ``IntegrityError`` when the idempotency key is taken."""
     job = Job(user_id=user_id, request=request, image_prompt_key=image_prompt_key,
-              idempotency_key=idempotency_key, progress_total=progress_total)
+              idempotency_key=idempotency_key, progress_total=progress_total,
+              webhook_url=webhook_url, webhook_events=webhook_events)
     session.add(job)
     session.commit()
     return job
@@ -81,6 +87,7 @@ def cancel(session: Session, *, job: Job) -> Job:
         job.status = JobStatus.cancelled
         job.finished_at = utcnow()
         job.error = "cancelled by the user"
+        webhook_outbox.record(session, (job.id,), JobStatus.cancelled)
     elif job.status is JobStatus.running:
         job.cancel_requested = True
     session.commit()
@@ -126,6 +133,8 @@ def _fenced(session: Session, held: Claim, **values: Any) -> bool:
         .values(**values).returning(Job.cancel_requested)).first()
     if row is not None and values.keys() - _LEASE_ONLY:  # a renewal alone shows nothing
         mark_changed(session, (held.job_id,))
+    if row is not None and values.get("status") in webhook_outbox.EVENT_OF_STATUS:
+        webhook_outbox.record(session, (held.job_id,), values["status"])
     session.commit()
     if row is None:
         raise LeaseLost(held.job_id)
@@ -189,5 +198,6 @@ def reclaim_expired(session: Session, *, max_attempts: int) -> tuple[int, int]:
             available_at=None, progress_step=0,
             error="the image service stopped answering; retrying").returning(Job.id)).all()
     mark_changed(session, (*failed, *requeued))
+    webhook_outbox.record(session, failed, JobStatus.failed)
     session.commit()
     return len(requeued), len(failed)

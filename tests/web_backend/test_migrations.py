@@ -5,7 +5,7 @@ from sqlalchemy import create_engine, inspect
 from web_backend import migrate
 from web_backend.models import Base
 
-TABLES = {"users", "auth_sessions", "refresh_tokens", "jobs"}
+TABLES = {"users", "auth_sessions", "refresh_tokens", "jobs", "webhook_deliveries"}
 
 
 def _tables(url: str) -> set[str]:
@@ -19,7 +19,7 @@ def _tables(url: str) -> set[str]:
 def test_upgrade_downgrade_upgrade(database_url: str) -> None:
     # the fixture already upgraded to head
     assert _tables(database_url) == TABLES == set(Base.metadata.tables)
-    assert migrate.current(database_url) == "0004"
+    assert migrate.current(database_url) == "0005"
     migrate.downgrade(database_url, "base")
     assert _tables(database_url) == set()
     assert migrate.current(database_url) is None
