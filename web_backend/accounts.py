@@ -12,6 +12,8 @@ once on every worker.
 
 from __future__ import annotations
 
+import base64
+import secrets
 from datetime import timedelta
 
 from sqlalchemy import func, or_, select, update
@@ -30,8 +32,8 @@ from web_backend.security import (
 )
 from web_backend.settings import AuthSettings, LimitSettings
 
-__all__ = ["change_password", "limits_for", "refresh", "register", "revoke_sessions",
-           "set_active", "set_limits", "sign_in", "sign_out", "user_detail"]
+__all__ = ["change_password", "limits_for", "new_webhook_secret", "refresh", "register",
+           "revoke_sessions", "set_active", "set_limits", "sign_in", "sign_out", "user_detail"]
 
 
 def limits_for(user: User, defaults: LimitSettings) -> Limits:
@@ -180,3 +182,16 @@ def set_limits(session: Session, *, user: User, limits: LimitsUpdate) -> User:
         setattr(user, name, value)
     session.commit()
     return user
+
+
+def new_webhook_secret(session: Session, *, user: User) -> str:
+    """A fresh secret for the user's webhook signatures, replacing any earlier one.
+
+    Kept as is (the server signs with it, so it cannot be hashed like a password) and
+    returned only here: the user copies it into their receiver. Deliveries not yet sent
+    are signed with the new one.
+    """
+    secret = "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
+    user.webhook_secret = secret
+    session.commit()
+    return secret

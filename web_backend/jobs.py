@@ -18,14 +18,21 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from ml_backend import image_prompts
-from ml_backend.protocol import GenerationRequest
 from web_backend import queue
 from web_backend.accounts import limits_for
 from web_backend.errors import BadRequest, Conflict, TooManyRequests, Unprocessable
-from web_backend.models import Job, JobStatus, User
-from web_backend.schemas import JobOut, JobPage, Progress
+from web_backend.models import Job, JobStatus, User, WebhookDelivery
+from web_backend.schemas import (
+    JobOut,
+    JobPage,
+    JobRequest,
+    Progress,
+    WebhookDeliveryOut,
+    WebhookOut,
+)
 from web_backend.security import sign_link
 from web_backend.services import Services
+from web_backend.webhook_outbox import deliveries_for
 
 __all__ = ["average_job_seconds", "job_columns", "job_out", "job_views", "list_jobs", "relinked",
            "submit"]
@@ -33,10 +40,12 @@ __all__ = ["average_job_seconds", "job_columns", "job_out", "job_views", "list_j
 _ACTIVE = (JobStatus.queued, JobStatus.running)
 
 
-def _stored_request(request: GenerationRequest) -> dict[str, Any]:
-    """The request as kept in the job row; the image prompt (stored apart) by its hash, so
-    an Idempotency-Key retried with a different picture is a different request."""
-    stored = request.model_dump(mode="json", exclude={"image_prompt"}, exclude_none=True)
+def _stored_request(request: JobRequest) -> dict[str, Any]:
+    """The request as kept in the job row (what the ML side is asked: the webhook has
+    columns of its own); the image prompt (stored apart) by its hash, so an
+    Idempotency-Key retried with a different picture is a different request."""
+    stored = request.model_dump(mode="json", exclude_none=True,
+                                exclude={"image_prompt", "webhook_url", "webhook_events"})
     if request.image_prompt is not None:
         stored["image_prompt_sha256"] = hashlib.sha256(request.image_prompt).hexdigest()
     return stored
@@ -54,10 +63,19 @@ def average_job_seconds(session: Session, services: Services) -> float:
     return sum(durations) / len(durations)
 
 
-def _replay(session: Session, user: User, key: str, stored: dict[str, Any]) -> Job | None:
+def _webhook(request: JobRequest) -> tuple[str | None, list[str] | None]:
+    if request.webhook_url is None:
+        return None, None
+    return request.webhook_url, list(request.webhook_events)
+
+
+def _replay(session: Session, user: User, key: str, request: JobRequest,
+            stored: dict[str, Any]) -> Job | None:
     existing = session.scalar(select(Job).where(Job.user_id == user.id,
                                                 Job.idempotency_key == key))
-    if existing is not None and existing.request != stored:
+    if existing is not None and (existing.request != stored or
+                                 (existing.webhook_url, existing.webhook_events)
+                                 != _webhook(request)):
         raise Conflict("this Idempotency-Key was used for a different request; use a new key "
                        "for a new job")
     return existing
@@ -86,18 +104,21 @@ def _check_limits(session: Session, services: Services, user: User) -> None:
                               "at 00:00 UTC", retry_after_s=math.ceil(until_midnight))
 
 
-def submit(session: Session, services: Services, user: User, request: GenerationRequest,
+def submit(session: Session, services: Services, user: User, request: JobRequest,
            idempotency_key: str | None) -> tuple[Job, bool]:
     """Queue a job, or return the earlier one for a retried Idempotency-Key.
 
     Returns (job, replayed). Limits apply only to new jobs: a retry is not a new
-    submission.
+    submission. A webhook's URL is checked by the caller (it resolves names).
     """
     stored = _stored_request(request)
     if idempotency_key is not None:
-        existing = _replay(session, user, idempotency_key, stored)
+        existing = _replay(session, user, idempotency_key, request, stored)
         if existing is not None:
             return existing, True
+    if request.webhook_url is not None and not user.webhook_secret:
+        raise Conflict("a webhook needs your webhook secret to sign it: create one with "
+                       "POST /v1/users/me/webhook-secret, then submit again")
     _check_limits(session, services, user)
     image_key = None
     if request.image_prompt is not None:
@@ -106,13 +127,16 @@ def submit(session: Session, services: Services, user: User, request: Generation
         except image_prompts.ImagePromptError as exc:
             raise Unprocessable(str(exc)) from None
         image_key = services.storage.put(image, suffix=".png")
+    webhook_url, webhook_events = _webhook(request)
     try:
         job = queue.enqueue(session, user_id=user.id, request=stored,
                             image_prompt_key=image_key, idempotency_key=idempotency_key,
-                            progress_total=0 if request.is_sample else request.steps)
+                            progress_total=0 if request.is_sample else request.steps,
+                            webhook_url=webhook_url, webhook_events=webhook_events)
     except IntegrityError:  # the same key raced in from a parallel retry
         session.rollback()
-        existing = _replay(session, user, idempotency_key, stored) if idempotency_key else None
+        existing = (_replay(session, user, idempotency_key, request, stored)
+                    if idempotency_key else None)
         if existing is None:
             raise
         return existing, True
@@ -127,11 +151,24 @@ def _link(services: Services, job_id: str, kind: str, not_after: int | None) -> 
     return f"/v1/jobs/{job_id}/{kind}?exp={expires}&sig={sig}"
 
 
+def _webhook_out(job: Job, deliveries: list[WebhookDelivery]) -> WebhookOut | None:
+    if job.webhook_url is None:
+        return None
+    return WebhookOut(url=job.webhook_url, events=job.webhook_events or [], deliveries=[
+        WebhookDeliveryOut(id=d.id, event=d.event, status=d.status, attempts=d.attempts,
+                           last_error=d.last_error, delivered_at=d.delivered_at)
+        for d in deliveries])
+
+
 def job_out(session: Session, services: Services, job: Job, *,
-            average_s: float | None = None, links_not_after: int | None = None) -> JobOut:
+            average_s: float | None = None, links_not_after: int | None = None,
+            deliveries: list[WebhookDelivery] | None = None) -> JobOut:
     """``average_s``: the ETA unit, when the caller already has it (one query per page).
-    ``links_not_after``: signed links expire no later than this (a stream's credential)."""
+    ``links_not_after``: signed links expire no later than this (a stream's credential).
+    ``deliveries``: the job's webhook deliveries, when the caller read them for a batch."""
     position = eta = None
+    if job.webhook_url is not None and deliveries is None:
+        deliveries = deliveries_for(session, (job.id,)).get(job.id, [])
     if job.status in _ACTIVE and average_s is None:
         average_s = average_job_seconds(session, services)
     if job.status is JobStatus.queued and average_s is not None:
@@ -153,6 +190,7 @@ def job_out(session: Session, services: Services, job: Job, *,
         preview_url=(_link(services, job.id, "preview", links_not_after) if job.preview_key
                      else None),
         events_url=_link(services, job.id, "events", links_not_after),
+        webhook=_webhook_out(job, deliveries or []),
     )
 
 
@@ -180,11 +218,19 @@ def job_views(session: Session, services: Services, job_ids: frozenset[str],
                             .where(Job.id.in_(job_ids))).all()
     average_s = (average_job_seconds(session, services)
                  if any(job.status in _ACTIVE for job, _ in found) else None)
+    deliveries = _deliveries(session, [job for job, _ in found])
     views: dict[str, JobViewRow | None] = dict.fromkeys(job_ids)
     for job, active in found:
-        views[job.id] = (job_out(session, services, job, average_s=average_s), job.preview_key,
-                         job.user_id, active)
+        views[job.id] = (job_out(session, services, job, average_s=average_s,
+                                 deliveries=deliveries.get(job.id, [])),
+                         job.preview_key, job.user_id, active)
     return views
+
+
+def _deliveries(session: Session, jobs: list[Job]) -> dict[str, list[WebhookDelivery]]:
+    """Webhook deliveries of the jobs that have a webhook, one query for all (or none)."""
+    with_webhook = [job.id for job in jobs if job.webhook_url is not None]
+    return deliveries_for(session, with_webhook) if with_webhook else {}
 
 
 def job_columns(session: Session, job_ids: frozenset[str]) -> list[tuple[Any, ...]]:
@@ -226,5 +272,7 @@ def list_jobs(session: Session, services: Services, user: User, *, status: JobSt
     jobs = jobs[:limit]
     average_s = (average_job_seconds(session, services)
                  if any(j.status in _ACTIVE for j in jobs) else None)
-    return JobPage(items=[job_out(session, services, j, average_s=average_s) for j in jobs],
+    deliveries = _deliveries(session, jobs)
+    return JobPage(items=[job_out(session, services, j, average_s=average_s,
+                                  deliveries=deliveries.get(j.id, [])) for j in jobs],
                    next_cursor=_encode_cursor(jobs[-1]) if more and jobs else None)

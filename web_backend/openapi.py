@@ -17,8 +17,7 @@ from fastapi.routing import APIRoute
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
-from ml_backend.protocol import GenerationRequest
-from web_backend.schemas import Detail
+from web_backend.schemas import Detail, JobRequest
 
 __all__ = ["EVENT_STREAM", "JOB_SUBMISSION", "PNG", "install_openapi", "operation_id",
            "refusals"]
@@ -72,7 +71,7 @@ JOB_SUBMISSION: dict[str, Any] = {"requestBody": {
     "required": True,
     "content": {
         "application/json": {
-            "schema": {"$ref": "#/components/schemas/GenerationRequest"},
+            "schema": {"$ref": "#/components/schemas/JobRequest"},
         },
         "multipart/form-data": {
             "schema": {"$ref": "#/components/schemas/JobSubmissionForm"},
@@ -86,7 +85,7 @@ _JOB_SUBMISSION_FORM: dict[str, Any] = {
     "description": "A job with an image file: the JSON request in `request`, the file apart.",
     "type": "object",
     "properties": {
-        "request": {"type": "string", "description": "A GenerationRequest as JSON."},
+        "request": {"type": "string", "description": "A JobRequest as JSON."},
         "image_prompt": {"type": "string", "format": "binary",
                          "description": "PNG, JPEG or WebP, up to 10 MB."},
     },
@@ -95,7 +94,7 @@ _JOB_SUBMISSION_FORM: dict[str, Any] = {
 }
 
 # Added to components whether or not a route names them in its signature.
-_EXTRA_MODELS: tuple[type[BaseModel], ...] = (GenerationRequest,)
+_EXTRA_MODELS: tuple[type[BaseModel], ...] = (JobRequest,)
 
 
 def operation_id(route: APIRoute) -> str:

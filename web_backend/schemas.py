@@ -7,12 +7,15 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, EmailStr, Field
 
-from web_backend.models import JobStatus
+from ml_backend.protocol import GenerationRequest
+from web_backend.models import DeliveryStatus, JobStatus
 
 __all__ = [
-    "Detail", "FieldError", "Health", "JobOut", "JobPage", "Limits", "LimitsUpdate",
-    "ModelInfo", "ModelList", "PasswordChange", "Progress", "Readiness", "RefreshRequest",
-    "SignInForm", "TokenPair", "UTCDatetime", "UserCreate", "UserDetail", "UserOut",
+    "WEBHOOK_EVENTS", "Detail", "FieldError", "Health", "JobOut", "JobPage", "JobRequest",
+    "Limits", "LimitsUpdate", "ModelInfo", "ModelList", "PasswordChange", "Progress",
+    "Readiness", "RefreshRequest", "SignInForm", "TokenPair", "UTCDatetime", "UserCreate",
+    "UserDetail", "UserOut", "WebhookDeliveryOut", "WebhookEvent", "WebhookOut",
+    "WebhookSecret",
 ]
 
 
@@ -97,6 +100,51 @@ class Progress(BaseModel):
     score: float | None
 
 
+WebhookEvent = Literal["completed", "failed", "cancelled"]
+WEBHOOK_EVENTS: tuple[WebhookEvent, ...] = ("completed", "failed", "cancelled")
+
+
+class JobRequest(GenerationRequest):
+    """A picture to make, and optionally where to announce that it is done."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"prompt": "a girl with silver hair, smiling:1 | blurry:-0.5", "seed": "alice",
+         "upscale": 2},
+        {"prompt": "cat ears", "webhook_url": "https://bot.example.com/clipgan",
+         "webhook_events": ["completed", "failed"]},
+    ]})
+
+    webhook_url: str | None = Field(None, max_length=2048, description=(
+        "Called (POST, signed per Standard Webhooks with your webhook secret) when the job "
+        "ends; https, on a public address."))
+    webhook_events: list[WebhookEvent] = Field(
+        default_factory=lambda: list(WEBHOOK_EVENTS), min_length=1, max_length=3,
+        description="Which endings to announce.")
+
+
+class WebhookDeliveryOut(BaseModel):
+    """One announcement of the job's end: its ``webhook-id``, and how sending it went."""
+
+    id: str = Field(description="The webhook-id header: receivers deduplicate on it.")
+    event: WebhookEvent
+    status: DeliveryStatus
+    attempts: int
+    last_error: str | None
+    delivered_at: UTCDatetime | None
+
+
+class WebhookOut(BaseModel):
+    url: str
+    events: list[WebhookEvent]
+    deliveries: list[WebhookDeliveryOut]
+
+
+class WebhookSecret(BaseModel):
+    secret: str = Field(description=(
+        "Verifies webhook signatures (Standard Webhooks, 'whsec_' + base64). Shown only "
+        "now: keep it; making a new one replaces it."))
+
+
 class JobOut(BaseModel):
     id: str
     status: JobStatus
@@ -114,6 +162,8 @@ class JobOut(BaseModel):
     image_url: str | None = Field(description="Signed link, usable without a token.")
     preview_url: str | None
     events_url: str = Field(description="Signed SSE link (EventSource cannot send headers).")
+    webhook: WebhookOut | None = Field(None, description=(
+        "The job's webhook and its deliveries, when it asked for one."))
 
 
 class JobPage(BaseModel):

@@ -24,7 +24,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 __all__ = [
     "AuthSettings", "DataSettings", "DispatchSettings", "FeedSettings", "HttpSettings",
     "InsecureSettingsError", "LimitSettings", "MLClientSettings", "SampleSettings",
-    "WebSettings",
+    "WebSettings", "WebhookSettings",
 ]
 
 MIN_SECRET_LENGTH = 32
@@ -141,6 +141,38 @@ class FeedSettings(_Group):
         "feed reconnects)."))
 
 
+class WebhookSettings(_Group):
+    """Signed calls to the URL a job names when it ends (the outbox sender)."""
+
+    enabled: bool = var("WEBHOOKS_ENABLED", True, description=(
+        "Deliver pending webhooks from this web process (several may: each delivery is "
+        "claimed by one)."))
+    allow_networks: list[str] = var_list("WEBHOOK_ALLOW_NETWORKS", list, description=(
+        "Private networks (CIDR) webhooks may reach anyway, e.g. an internal receiver; by "
+        "default only public addresses are called."))
+    timeout_s: float = var("WEBHOOK_TIMEOUT_S", 10.0, gt=0, le=60, description=(
+        "Time a receiver has to answer one delivery."))
+    backoff_s: list[float] = var_list(
+        "WEBHOOK_BACKOFF_S", lambda: [5.0, 30.0, 120.0, 600.0, 1800.0, 3600.0], min_length=1,
+        description="Waits before each retry; after the last, the delivery is marked failed.")
+    poll_s: float = var("WEBHOOK_POLL_S", 1.0, gt=0, le=60, description=(
+        "How often to look for deliveries that are due."))
+
+    @field_validator("allow_networks")
+    @classmethod
+    def _cidrs(cls, entries: list[str]) -> list[str]:
+        for entry in entries:
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError:
+                raise ValueError(f"{entry!r} is not an IP network") from None
+        return entries
+
+    @property
+    def max_attempts(self) -> int:
+        return len(self.backoff_s) + 1
+
+
 class SampleSettings(_Group):
     """Instant samples (``GET /v1/sample.png``)."""
 
@@ -213,6 +245,7 @@ class WebSettings(_Group):
     samples: SampleSettings = Field(default_factory=SampleSettings)
     feed: FeedSettings = Field(default_factory=FeedSettings)
     dispatch: DispatchSettings = Field(default_factory=DispatchSettings)
+    webhooks: WebhookSettings = Field(default_factory=WebhookSettings)
     ml: MLClientSettings = Field(default_factory=MLClientSettings)
 
     @model_validator(mode="after")

@@ -1,8 +1,8 @@
 """Reading a job submission: JSON (image prompt in base64) or multipart (a file field).
 
 FastAPI cannot declare "this JSON model, or this form" for one route, so this
-dependency reads either and hands the route a validated ``GenerationRequest``
-(``openapi.JOB_SUBMISSION`` documents both).
+dependency reads either and hands the route a validated ``JobRequest``
+(``openapi.JOB_SUBMISSION`` documents both), its webhook URL already checked.
 """
 
 from __future__ import annotations
@@ -14,13 +14,16 @@ from fastapi import Depends, Request
 from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 
-from ml_backend.protocol import MAX_IMAGE_PROMPT_BYTES, GenerationRequest
+from ml_backend.protocol import MAX_IMAGE_PROMPT_BYTES
+from web_backend.deps import ServicesDep
 from web_backend.errors import (
     PayloadTooLarge,
     Unprocessable,
     UnsupportedMediaType,
     validation_detail,
 )
+from web_backend.schemas import JobRequest
+from web_backend.webhook_targets import WebhookTargetRefused, resolve_target
 
 __all__ = ["MAX_SUBMISSION_BYTES", "Submission", "read_submission"]
 
@@ -48,18 +51,34 @@ async def _from_form(request: Request) -> dict[str, Any]:
     return fields
 
 
-async def read_submission(request: Request) -> GenerationRequest:
-    """The body is already whole and within MAX_SUBMISSION_BYTES (``bodies.BodyLimit``)."""
+async def _parse(request: Request) -> JobRequest:
     content_type = request.headers.get("content-type", "")
     try:
         if content_type.startswith("multipart/form-data"):
-            return GenerationRequest.model_validate(await _from_form(request))
+            return JobRequest.model_validate(await _from_form(request))
         if content_type.startswith("application/json") or not content_type:
-            return GenerationRequest.model_validate_json(await request.body())
+            return JobRequest.model_validate_json(await request.body())
     except ValidationError as exc:
         raise Unprocessable(validation_detail(exc)) from None
     raise UnsupportedMediaType("send the job as application/json (image_prompt base64) or "
                                "multipart/form-data (fields 'request' and 'image_prompt')")
 
 
-Submission = Annotated[GenerationRequest, Depends(read_submission)]
+async def read_submission(request: Request, services: ServicesDep) -> JobRequest:
+    """The body is already whole and within MAX_SUBMISSION_BYTES (``bodies.BodyLimit``).
+
+    A webhook URL is refused here, before anything is queued, when it could not be
+    called (checked again at each delivery: names may resolve elsewhere by then)."""
+    submission = await _parse(request)
+    if submission.webhook_url is not None:
+        webhooks = services.settings.webhooks
+        try:
+            await resolve_target(submission.webhook_url, allow_http=services.settings.env == "dev",
+                                 allow_networks=webhooks.allow_networks)
+        except WebhookTargetRefused as exc:
+            raise Unprocessable([{"loc": ["body", "webhook_url"], "msg": str(exc),
+                                  "type": "webhook_url_refused"}]) from None
+    return submission
+
+
+Submission = Annotated[JobRequest, Depends(read_submission)]

@@ -46,14 +46,16 @@ def test_job_submission_is_a_typed_json_body_or_a_form(document: dict[str, Any])
     assert body["required"] is True
     content = body["content"]
     assert content["application/json"]["schema"] == {
-        "$ref": "#/components/schemas/GenerationRequest"}
+        "$ref": "#/components/schemas/JobRequest"}
     assert content["multipart/form-data"]["schema"] == {
         "$ref": "#/components/schemas/JobSubmissionForm"}
-    request = document["components"]["schemas"]["GenerationRequest"]
+    request = document["components"]["schemas"]["JobRequest"]
     prompts = request["properties"]["prompts"]["anyOf"][0]
     assert prompts["items"] == {"$ref": "#/components/schemas/WeightedPrompt"}
     image = request["properties"]["image_prompt"]["anyOf"][0]
     assert image["contentEncoding"] == "base64"  # JSON carries base64 text, not raw bytes
+    events = request["properties"]["webhook_events"]["items"]
+    assert events["enum"] == ["completed", "failed", "cancelled"]
 
 
 def test_images_are_binary_responses(document: dict[str, Any]) -> None:

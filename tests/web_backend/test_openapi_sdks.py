@@ -105,7 +105,7 @@ def test_generated_python_client_runs_the_whole_flow(server: str, sdk: dict[str,
     assert isinstance(me, models.UserDetail) and me.limits.max_active_jobs >= 1
 
     # JSON with weighted prompts, typed: no hand-written JSON in a form field
-    request = models.GenerationRequest(
+    request = models.JobRequest(
         prompts=[models.WeightedPrompt(text="a girl with silver hair", weight=1.0),
                  models.WeightedPrompt(text="blurry", weight=-0.5)],
         seed="sdk", **QUICK)
@@ -124,7 +124,7 @@ def test_generated_python_client_runs_the_whole_flow(server: str, sdk: dict[str,
     assert _png_size(sample.payload.read())[0] >= 16
 
     # cancel; the active-jobs limit answers 429 with its Detail and Retry-After
-    slow = models.GenerationRequest(prompt="a castle at night", steps=500)
+    slow = models.JobRequest(prompt="a castle at night", steps=500)
     queued = [sdk["jobs_submit"].sync(client=signed_in, body=slow)
               for _ in range(me.limits.max_active_jobs)]
     refused = sdk["jobs_submit"].sync_detailed(client=signed_in, body=slow)
@@ -171,7 +171,7 @@ def test_typescript_generator_reads_the_document_cleanly(server: str, tmp_path: 
     done = _generate(server, tmp_path, "typescript")
     assert done.returncode == 0, done.stdout + done.stderr
     types = (tmp_path / "typescript" / "types.gen.ts").read_text()
-    for name in ("GenerationRequest", "JobOut", "Detail", "JobsSubmitErrors"):
+    for name in ("JobRequest", "JobOut", "Detail", "JobsSubmitErrors"):
         assert f"export type {name} " in types
     assert "200: Blob | File" in types  # images are typed binary, not dropped
 

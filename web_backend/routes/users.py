@@ -7,7 +7,7 @@ from fastapi import APIRouter
 from web_backend import accounts
 from web_backend.deps import CurrentLogin, CurrentUser, ServicesDep, SessionDep
 from web_backend.openapi import refusals
-from web_backend.schemas import PasswordChange, UserDetail
+from web_backend.schemas import PasswordChange, UserDetail, WebhookSecret
 
 __all__ = ["router"]
 
@@ -32,3 +32,10 @@ def change_password(body: PasswordChange, login: CurrentLogin, session: SessionD
                              current=body.current_password, new=body.new_password,
                              limiter=services.limiter,
                              attempts_per_hour=services.settings.auth.password_changes_per_hour)
+
+
+@router.post("/v1/users/me/webhook-secret", status_code=201, response_model=WebhookSecret,
+             responses=refusals(401, 403))
+def new_webhook_secret(user: CurrentUser, session: SessionDep) -> WebhookSecret:
+    """Make the secret your webhooks are signed with (shown once; replaces the old one)."""
+    return WebhookSecret(secret=accounts.new_webhook_secret(session, user=user))
