@@ -39,6 +39,10 @@ class ClipganClient:
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
         return self._check(self.http.post("/v1/jobs", json=request, headers=headers)).json()
 
+    def new_webhook_secret(self) -> str:
+        """A new secret for your webhook signatures (replaces the old one; shown once)."""
+        return str(self._check(self.http.post("/v1/users/me/webhook-secret")).json()["secret"])
+
     def events(self, job: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
         """(event, job) pairs from the job's SSE stream until it is done."""
         with self.http.stream("GET", job["events_url"], timeout=None) as response:

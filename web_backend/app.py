@@ -46,6 +46,7 @@ from web_backend.settings import WebSettings
 from web_backend.storage import LocalBlobStore
 from web_backend.streams import StreamGate
 from web_backend.submission import MAX_SUBMISSION_BYTES
+from web_backend.webhook_sender import WebhookSender
 
 __all__ = ["build_services", "create_app", "create_app_from_env"]
 
@@ -120,6 +121,12 @@ def _report_feed_exit(task: asyncio.Task[None]) -> None:
                      "process restarts", exc_info=task.exception())
 
 
+def _report_sender_exit(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.critical("the webhook sender stopped: webhooks wait until this process restarts",
+                     exc_info=task.exception())
+
+
 def create_app(settings: WebSettings | None = None, *, ml_client: MLClient | None = None,
                migrate_sqlite: bool = True) -> FastAPI:
     """The whole web backend for ``settings`` (default: from the environment).
@@ -138,8 +145,9 @@ def create_app(settings: WebSettings | None = None, *, ml_client: MLClient | Non
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        """Run the dispatcher beside the API when there is an ML side to send jobs to."""
-        task = None
+        """Run the dispatcher beside the API when there is an ML side to send jobs to, and
+        the webhook sender unless turned off."""
+        task = sender_task = None
         stack = contextlib.ExitStack()
         loop = asyncio.get_running_loop()
 
@@ -153,6 +161,11 @@ def create_app(settings: WebSettings | None = None, *, ml_client: MLClient | Non
             app.state.dispatcher = Dispatcher(services, services.ml)
             task = asyncio.create_task(app.state.dispatcher.run(), name="dispatcher")
             task.add_done_callback(_report_dispatcher_exit)
+        if settings.webhooks.enabled:
+            app.state.webhook_sender = WebhookSender(services)
+            sender_task = asyncio.create_task(app.state.webhook_sender.run(),
+                                              name="webhook-sender")
+            sender_task.add_done_callback(_report_sender_exit)
         try:
             yield
         finally:
@@ -160,6 +173,9 @@ def create_app(settings: WebSettings | None = None, *, ml_client: MLClient | Non
             if task is not None:
                 app.state.dispatcher.stop()
                 await task
+            if sender_task is not None:
+                app.state.webhook_sender.stop()
+                await asyncio.gather(sender_task, return_exceptions=True)  # logged
             services.feed.close()
             feed.cancel()
             await asyncio.gather(feed, return_exceptions=True)  # a failure was logged
@@ -170,6 +186,7 @@ def create_app(settings: WebSettings | None = None, *, ml_client: MLClient | Non
                   generate_unique_id_function=operation_id)
     app.state.services = services
     app.state.dispatcher = None
+    app.state.webhook_sender = None
     install_error_handlers(app)
     if settings.http.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.http.cors_origins,

@@ -1,4 +1,5 @@
-"""A client of a running server: ``clipgan client generate|sample`` (REST, SSE progress)."""
+"""A client of a running server: ``clipgan client generate|sample`` (REST, SSE progress),
+``webhook-secret`` and ``listen`` (a verifying webhook receiver to try webhooks with)."""
 
 from __future__ import annotations
 
@@ -76,6 +77,57 @@ def client_sample(
         fail(str(exc))
     output.write_bytes(png)
     err.print(f"saved {output}")
+
+
+@client_app.command("webhook-secret")
+def client_webhook_secret(
+    url: UrlOpt = "http://127.0.0.1:8000",
+    username: Annotated[str, Opt(envvar="CLIPGAN_USERNAME")] = "",
+    password: Annotated[str, Opt(envvar="CLIPGAN_PASSWORD", help="Default: asked for.")] = "",
+) -> None:
+    """Make a new webhook signing secret and print it (once: the old one stops working)."""
+    from clipgan.client import ClientError, ClipganClient
+
+    if not username:
+        fail("give --username (or CLIPGAN_USERNAME)")
+    client = ClipganClient(url)
+    try:
+        client.sign_in(username, password or typer.prompt("password", hide_input=True))
+        typer.echo(client.new_webhook_secret())
+    except (ClientError, OSError) as exc:
+        fail(str(exc))
+
+
+@client_app.command("listen")
+def client_listen(
+    secret: Annotated[str, Opt(envvar="CLIPGAN_WEBHOOK_SECRET", help="whsec_... from "
+                               "`clipgan client webhook-secret`.")],
+    port: Annotated[int, Opt()] = 9000,
+    host: Annotated[str, Opt()] = "127.0.0.1",
+) -> None:
+    """Receive webhooks: verify each signature, print the verified events (one JSON line
+    each), refuse the rest with 400."""
+    import json
+
+    from clipgan.webhooks import Receiver
+
+    def show(webhook_id: str, event: dict[str, Any]) -> None:
+        data = event.get("data", {})
+        typer.echo(json.dumps({"webhook_id": webhook_id, "type": event.get("type"),
+                               "job": data.get("id"), "status": data.get("status"),
+                               "image_url": data.get("image_url")}), nl=True)
+
+    try:
+        receiver = Receiver(secret, show, host=host, port=port)
+    except Exception as exc:  # a malformed secret, a port in use
+        fail(f"cannot listen: {exc}")
+    err.print(f"listening on http://{host}:{receiver.port}/ (Ctrl-C to stop)")
+    try:
+        receiver.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        receiver.close()
 
 
 def register(app: typer.Typer) -> None:

@@ -68,3 +68,46 @@ def make_admin(app: FastAPI, account: Account) -> Account:
         session.get(User, account.id).is_admin = True
         session.commit()
     return account
+
+
+class WebhookReceiver:
+    """A real HTTP server on 127.0.0.1 that records what webhooks bring and answers each
+    with the next status of ``answers`` (the last one repeats)."""
+
+    def __init__(self, answers: tuple[int, ...] = (204,), port: int = 0) -> None:
+        import http.server
+        import threading
+
+        self.calls: list[tuple[dict[str, str], bytes]] = []
+        self.arrived = threading.Condition()
+        answers_left = list(answers)
+        receiver = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("content-length", 0)))
+                with receiver.arrived:
+                    receiver.calls.append((dict(self.headers.items()), body))
+                    receiver.arrived.notify_all()
+                status = answers_left.pop(0) if len(answers_left) > 1 else answers_left[0]
+                self.send_response(status)
+                self.send_header("content-length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}/hooks/clipgan"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def wait_for(self, count: int, timeout: float = 15) -> list[tuple[dict[str, str], bytes]]:
+        with self.arrived:
+            if not self.arrived.wait_for(lambda: len(self.calls) >= count, timeout):
+                raise AssertionError(f"{len(self.calls)} webhook calls, expected {count}")
+            return list(self.calls)
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()

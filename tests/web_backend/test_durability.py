@@ -17,9 +17,11 @@ from pathlib import Path
 import httpx
 import pytest
 from sqlalchemy import create_engine, text
+from standardwebhooks.webhooks import Webhook
 
 from tests.infra import fresh_postgres_database
 from tests.servers import free_port, wait_ready
+from tests.web_backend.helpers import WebhookReceiver
 from web_backend import migrate
 
 pytestmark = pytest.mark.slow
@@ -36,7 +38,7 @@ SHARED_SECRET_KEY = secrets.token_hex(32)  # every web process of a deployment s
 
 
 class Server:
-    def __init__(self, url: str, data_dir: Path) -> None:
+    def __init__(self, url: str, data_dir: Path, **settings: str) -> None:
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         env = {k: v for k, v in os.environ.items() if not k.startswith("CLIPGAN_")}
@@ -45,6 +47,7 @@ class Server:
                    CLIPGAN_MAX_ACTIVE_JOBS="20", CLIPGAN_SUBMISSIONS_PER_MINUTE="100",
                    CLIPGAN_SECRET_KEY=SHARED_SECRET_KEY, CLIPGAN_ENV="prod",
                    RAY_USAGE_STATS_ENABLED="0")
+        env.update(settings)
         self.log = (data_dir / f"server-{self.port}.log").open("w")
         self.proc = subprocess.Popen([sys.executable, "-m", "clipgan.cli", "serve", "--port",
                                       str(self.port), "--generator", "in-process"], env=env, stdout=self.log,
@@ -158,3 +161,51 @@ def test_postgres_restart_mid_run_loses_nothing(pg_url: str, tmp_path: Path) -> 
         server.stop()
     assert sorted(r["id"] for r in rows) == sorted(ids)
     assert all(r["status"] == "succeeded" for r in rows), rows
+
+
+def deliveries_table(url: str) -> list[dict]:
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(text("SELECT id, status, attempts, last_error "
+                                     "FROM webhook_deliveries"))
+            return [dict(r._mapping) for r in rows]
+    finally:
+        engine.dispose()
+
+
+def test_kill_9_between_success_and_webhook_still_delivers_after_restart(
+        pg_url: str, tmp_path: Path) -> None:
+    """The job succeeds while its receiver is down; the process dies before any delivery
+    got through; after a restart (and the receiver's return) the webhook arrives."""
+    port = free_port()  # nothing listens yet: every attempt fails to connect
+    webhooks = dict(CLIPGAN_ENV="dev", CLIPGAN_WEBHOOK_ALLOW_NETWORKS='["127.0.0.1/32"]',
+                    CLIPGAN_WEBHOOK_BACKOFF_S="[0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5]",
+                    CLIPGAN_WEBHOOK_POLL_S="0.2")
+    server = Server(pg_url, tmp_path, **webhooks)
+    receiver = None
+    try:
+        auth = sign_up(server.base, "alice")
+        secret = httpx.post(f"{server.base}/v1/users/me/webhook-secret",
+                            headers=auth).json()["secret"]
+        job = httpx.post(f"{server.base}/v1/jobs", headers=auth, json={
+            "prompt": "smile", "steps": 3, "seed": 1, "init_candidates": 4, "cutouts": 8,
+            "webhook_url": f"http://127.0.0.1:{port}/hook"}).json()
+        assert wait_all_done(pg_url, 1, timeout=120)[0]["status"] == "succeeded"
+        deadline = time.time() + 30
+        while not any(d["attempts"] for d in deliveries_table(pg_url)):
+            assert time.time() < deadline, "no delivery was attempted"
+            time.sleep(0.1)
+        server.kill9()
+        (pending,) = deliveries_table(pg_url)
+        assert pending["status"] == "pending" and "reach" in pending["last_error"]
+        receiver = WebhookReceiver(port=port)
+        server = Server(pg_url, tmp_path, **webhooks)
+        (headers, body), *_ = receiver.wait_for(1, timeout=60)
+    finally:
+        server.stop()
+        if receiver is not None:
+            receiver.close()
+    payload = Webhook(secret).verify(body, headers)
+    assert payload["type"] == "job.completed" and payload["data"]["id"] == job["id"]
+    assert headers["webhook-id"] == pending["id"]

@@ -1,0 +1,127 @@
+"""Receiving webhooks as a user would: ``clipgan.webhooks.verify`` / ``Receiver`` and
+``clipgan client listen``, against what the server really sends."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+from standardwebhooks.webhooks import Webhook
+
+from clipgan.webhooks import Receiver, WebhookVerificationError, verify
+from tests.servers import free_port
+from tests.web_backend.helpers import SECRET, Account
+from web_backend import migrate, queue
+from web_backend.app import create_app
+from web_backend.models import JobStatus
+from web_backend.settings import WebSettings
+
+SIGNING = "whsec_" + "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+
+
+def _signed(body: str, secret: str = SIGNING, *, msg_id: str = "msg_1",
+            at: datetime | None = None) -> dict[str, str]:
+    at = at or datetime.now(UTC)
+    return {"webhook-id": msg_id, "webhook-timestamp": str(int(at.timestamp())),
+            "webhook-signature": Webhook(secret).sign(msg_id, at, body),
+            "content-type": "application/json"}
+
+
+def test_verify_accepts_ours_and_refuses_forged_altered_or_stale() -> None:
+    body = json.dumps({"type": "job.completed", "data": {"id": "j1"}})
+    assert verify(SIGNING, body.encode(), _signed(body))["data"]["id"] == "j1"
+    other = "whsec_" + "A" * 32
+    stale = datetime.fromtimestamp(time.time() - 3600, UTC)
+    for headers, sent in [(_signed(body, other), body),                 # another secret
+                          (_signed(body), body.replace("j1", "j2")),    # altered body
+                          (_signed(body, at=stale), body),              # replayed late
+                          ({**_signed(body), "webhook-signature": "v1"}, body),  # malformed
+                          ({}, body)]:                                  # unsigned
+        with pytest.raises(WebhookVerificationError):
+            verify(SIGNING, sent.encode(), headers)
+
+
+def _announce_body(port: int, length: int) -> bytes:
+    """Say a body of ``length`` bytes is coming, send none: the answer comes first."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+        conn.sendall(f"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: {length}\r\n\r\n"
+                     .encode())
+        return conn.recv(100)
+
+
+def test_the_receiver_gets_a_real_job_end_and_refuses_the_rest(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'clipgan.db'}"
+    migrate.upgrade(url)
+    settings = WebSettings(env="dev", secret_key=SECRET, data={"dir": tmp_path,
+                                                              "database_url": url},
+                           webhooks={"allow_networks": ["127.0.0.1/32"], "poll_s": 0.05})
+    got: list[tuple[str, dict[str, Any]]] = []
+    arrived = threading.Event()
+    with TestClient(create_app(settings)) as client:
+        alice = Account(client, "alice")
+        secret = alice.post("/v1/users/me/webhook-secret").json()["secret"]
+
+        def on_event(webhook_id: str, event: dict[str, Any]) -> None:
+            got.append((webhook_id, event))
+            arrived.set()
+
+        receiver = Receiver(secret, on_event).start()
+        try:
+            hook = f"http://127.0.0.1:{receiver.port}/"
+            forged = httpx.post(hook, content=b'{"type":"job.completed"}',
+                                headers=_signed('{"type":"job.completed"}'))
+            huge = _announce_body(receiver.port, 2 * 1024 * 1024)
+            job = alice.post("/v1/jobs", json={"prompt": "smile", "webhook_url": hook}).json()
+            services = client.app.state.services
+            with services.write_session_factory() as session:
+                claim = queue.claim(session, owner="test", lease_s=60)
+                assert claim is not None
+                queue.finish(session, claim, status=JobStatus.failed, error="no such model")
+            assert arrived.wait(15)
+        finally:
+            receiver.close()
+    assert forged.status_code == 400 and huge.startswith(b"HTTP/1.0 413")
+    ((webhook_id, event),) = got
+    assert webhook_id.startswith("msg_")
+    assert event["type"] == "job.failed" and event["data"]["id"] == job["id"]
+    assert event["data"]["error"] == "no such model"
+
+
+def test_clipgan_client_listen_prints_verified_events(tmp_path: Path) -> None:
+    port = free_port()
+    env = {**os.environ, "CLIPGAN_WEBHOOK_SECRET": SIGNING}
+    proc = subprocess.Popen([sys.executable, "-m", "clipgan.cli", "client", "listen",
+                             "--port", str(port)], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        body = json.dumps({"type": "job.completed", "data": {
+            "id": "j1", "status": "succeeded", "image_url": "/v1/jobs/j1/image?exp=1&sig=s"}})
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                refused = httpx.post(f"http://127.0.0.1:{port}/", content=body,
+                                     headers=_signed(body, "whsec_" + "B" * 32))
+                break
+            except httpx.ConnectError:
+                assert time.monotonic() < deadline and proc.poll() is None, proc.stderr
+                time.sleep(0.2)
+        ok = httpx.post(f"http://127.0.0.1:{port}/", content=body,
+                        headers=_signed(body, msg_id="msg_42"))
+    finally:
+        proc.terminate()
+        out, _ = proc.communicate(timeout=10)
+    assert refused.status_code == 400 and ok.status_code == 204
+    assert json.loads(out.strip()) == {"webhook_id": "msg_42", "type": "job.completed",
+                                       "job": "j1", "status": "succeeded",
+                                       "image_url": "/v1/jobs/j1/image?exp=1&sig=s"}
