@@ -20,10 +20,14 @@ from ml_backend.settings import UnknownModelError
 # Batched vs solo tolerance. Batch size changes GEMM/conv blocking, so sums round
 # differently; Adam with beta1=0 amplifies that along the path, so single pixels can
 # move, but the result stays the same picture: CLIP score within 0.01 and the mean
-# absolute pixel difference within 1 level of 255. (A real mix-up between jobs, such as
-# shared random draws or cutouts, moves the mean by tens of levels.)
+# absolute pixel difference within a few levels of 255. How far depends on the CPU's
+# kernels: at most 1 level on the Intel machine this was first measured on, 4.4 levels
+# (psi 1.4, 25 steps) on an AMD EPYC, where different jobs' pictures are 25-86 levels
+# apart. A real mix-up between jobs (shared random draws or cutouts) moves the mean by
+# tens of levels, so the test also requires each batched picture to be far closer to
+# its own solo run than to any other job's.
 BATCH_SCORE_TOLERANCE = 0.01
-BATCH_MEAN_LEVELS = 1.0
+BATCH_MEAN_LEVELS = 8.0
 
 
 def pixels(png: bytes) -> np.ndarray:
@@ -69,9 +73,13 @@ def test_batched_jobs_match_their_solo_runs(pipeline: Pipeline) -> None:
                for r in requests]
     batched = [h.result(timeout=300) for h in handles]
     assert max(peak) >= 3, "jobs should have shared passes"
-    for s, b in zip(solo, batched, strict=True):
-        assert np.abs(pixels(s.png) - pixels(b.png)).mean() <= BATCH_MEAN_LEVELS
+    for i, (s, b) in enumerate(zip(solo, batched, strict=True)):
+        own = np.abs(pixels(s.png) - pixels(b.png)).mean()
+        assert own <= BATCH_MEAN_LEVELS
         assert b.score == pytest.approx(s.score, abs=BATCH_SCORE_TOLERANCE)
+        others = [np.abs(pixels(o.png) - pixels(b.png)).mean()
+                  for j, o in enumerate(solo) if j != i]
+        assert own * 3 < min(others), (own, others)
 
 
 def test_cancel_stops_within_one_step(pipeline: Pipeline) -> None:
