@@ -53,6 +53,8 @@ class Receiver:
         Webhook(secret)  # a malformed secret fails here, not on the first call
 
         class Handler(http.server.BaseHTTPRequestHandler):
+            timeout = 10  # seconds per socket read: a slow sender cannot hold a thread
+
             def do_POST(self) -> None:
                 length = int(self.headers.get("content-length") or 0)
                 if not 0 < length <= MAX_BODY_BYTES:
@@ -78,7 +80,6 @@ class Receiver:
                 pass
 
         self.server = http.server.ThreadingHTTPServer((host, port), Handler)
-        self.server.timeout = 10
         self.port = self.server.server_port
 
     def serve_forever(self) -> None:

@@ -120,9 +120,10 @@ class WebhookSender:
                               separators=(",", ":"))
             return _Message(job.webhook_url, body, owner.webhook_secret)
 
-    def _settle(self, due: Due, error: str | None) -> None:
+    def _settle(self, due: Due, error: str | None, *, final: bool = False) -> None:
+        """``final``: no retry, whatever attempts are left."""
         retry = None
-        if error is not None and due.attempt < self.settings.max_attempts:
+        if error is not None and not final and due.attempt < self.settings.max_attempts:
             retry = self.settings.backoff_s[min(due.attempt, len(self.settings.backoff_s)) - 1]
         with self.services.write_session_factory() as session:
             webhook_outbox.settle(session, due, error=error, retry_in_s=retry)
@@ -134,18 +135,15 @@ class WebhookSender:
         try:
             message = await asyncio.to_thread(self._message, due)
             if message is None:
-                await asyncio.to_thread(self._settle_for_good, due,
-                                        "the job, its webhook or its owner's secret is gone")
+                await asyncio.to_thread(self._settle, due,
+                                        "the job, its webhook or its owner's secret is gone",
+                                        final=True)
                 return
             await asyncio.to_thread(self._settle, due, await self._send(due, message))
         except asyncio.CancelledError:
             raise
         except Exception:  # a database hiccup: the claim's hold ends and it is sent again
             log.exception("webhook %s for job %s could not be settled", due.id, due.job_id)
-
-    def _settle_for_good(self, due: Due, error: str) -> None:
-        with self.services.write_session_factory() as session:
-            webhook_outbox.settle(session, due, error=error, retry_in_s=None)
 
     async def _send(self, due: Due, message: _Message) -> str | None:
         """Send one attempt; None when the receiver took it, else why not."""
