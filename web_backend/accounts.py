@@ -7,7 +7,8 @@ of what registering, signing in or disabling an account does. Functions raise
 A login is an :class:`~web_backend.models.AuthSession`; every access token names
 its session and the session is checked on every request, so revoking it (logout,
 password change, an administrator's disable, a replayed refresh token) acts at
-once on every worker.
+once on every worker. Each of those changes is announced (``logins_changed``) in its
+transaction, so the workers' login caches forget it at once too.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session
 
 from web_backend.errors import Conflict, Forbidden, Unauthorized
+from web_backend.login_cache import logins_changed
 from web_backend.models import AuthSession, RefreshToken, User, utcnow
 from web_backend.ratelimit import RateLimiter
 from web_backend.schemas import Limits, LimitsUpdate, TokenPair, UserCreate, UserDetail, UserOut
@@ -120,6 +122,7 @@ def refresh(session: Session, *, refresh_token: str, signing_key: bytes,
         if login.revoked_at is None:
             login.revoked_at = utcnow()
             login.revoked_reason = "refresh token reuse"
+            logins_changed(session, [login.user_id])
             session.commit()
         raise Unauthorized("refresh token was already used; for safety this login was signed "
                            "out everywhere, sign in again")
@@ -139,11 +142,13 @@ def revoke_sessions(session: Session, user_id: int, reason: str, *,
     if except_session is not None:
         query = query.where(AuthSession.id != except_session)
     session.execute(query.values(revoked_at=utcnow(), revoked_reason=reason))
+    logins_changed(session, [user_id])
 
 
 def sign_out(session: Session, login: AuthSession) -> None:
     login.revoked_at = utcnow()
     login.revoked_reason = "logout"
+    logins_changed(session, [login.user_id])
     session.commit()
 
 
@@ -172,6 +177,8 @@ def set_active(session: Session, *, user: User, active: bool, by: User) -> User:
     user.is_active = active
     if not active:
         revoke_sessions(session, user.id, "disabled by an administrator")
+    else:
+        logins_changed(session, [user.id])
     session.commit()
     return user
 

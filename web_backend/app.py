@@ -28,10 +28,12 @@ from web_backend.feed_sources import (
     PostgresChanges,
     RedisChanges,
     publish_commits_to_redis,
+    redis_publisher,
     resolve_feed_kind,
 )
 from web_backend.job_feed import JobFeed, JobView, Visible, visible_state
 from web_backend.jobs import job_columns, job_views
+from web_backend.login_cache import LoginCache, announce_login_changes
 from web_backend.logs import RequestIdMiddleware
 from web_backend.metrics import Metrics
 from web_backend.middleware import Admission, ConcurrencyLimit
@@ -39,7 +41,7 @@ from web_backend.ml_client import MLClient, NoMLClient, ml_client_from_settings
 from web_backend.openapi import install_openapi, operation_id
 from web_backend.ratelimit import RateLimiter
 from web_backend.routes import admin, auth, jobs, samples, system, users
-from web_backend.security import TokenError, decode_access_token
+from web_backend.security import TokenError, VerifiedTokens
 from web_backend.security_headers import SecurityHeaders
 from web_backend.services import Services
 from web_backend.settings import WebSettings
@@ -62,18 +64,23 @@ def build_services(settings: WebSettings, ml_client: MLClient | None = None) -> 
     write_session_factory = make_session_factory(engine, writes=True)
     redis_url = settings.data.redis_url
     feed_kind = resolve_feed_kind(settings.feed.kind, url, redis_url)
-    if feed_kind == "redis" and redis_url:  # every process that writes jobs announces them
-        for factory in (session_factory, write_session_factory):
-            publish_commits_to_redis(factory, redis_url)
+    logins = LoginCache(max_age_s=settings.auth.login_cache_s)
+    signing_key = settings.signing_key()
+    publish = redis_publisher(redis_url) if feed_kind == "redis" and redis_url else None
+    for factory in (session_factory, write_session_factory):
+        if publish is not None:  # every process that writes jobs announces them
+            publish_commits_to_redis(factory, publish)
+        announce_login_changes(factory, logins, publish)
     services = Services(
         settings=settings, engine=engine, session_factory=session_factory,
         metrics=Metrics(session_factory), write_session_factory=write_session_factory,
-        signing_key=settings.signing_key(), limiter=RateLimiter(settings.data.redis_url),
+        signing_key=signing_key, limiter=RateLimiter(settings.data.redis_url),
         storage=LocalBlobStore(settings.data.dir / "blobs"),
         ml=ml_client if ml_client is not None else ml_client_from_settings(settings.ml),
         ml_capacity=settings.ml.slots,
         streams=StreamGate(per_user=settings.http.max_streams_per_user,
                            total=settings.http.max_streams),
+        logins=logins, tokens=VerifiedTokens(signing_key),
     )
     services.feed = _job_feed(services, feed_kind)
     return services
@@ -94,7 +101,7 @@ def _job_feed(services: Services, kind: FeedKind) -> JobFeed:
     elif kind == "redis" and settings.data.redis_url:
         source = RedisChanges(settings.data.redis_url)
     else:
-        source = PollChanges(services.session_factory, lambda: feed.watching,
+        source = PollChanges(services.session_factory, lambda: feed.watching or _cached(),
                              interval_s=settings.feed.poll_s)
     def load_visible(job_ids: frozenset[str]) -> dict[str, Visible]:
         with services.session_factory() as session:
@@ -104,8 +111,13 @@ def _job_feed(services: Services, kind: FeedKind) -> JobFeed:
                     for job_id, status, step, total, score, preview, image, error
                     in job_columns(session, job_ids)}
 
+    def _cached() -> bool:  # the poller also runs while logins are cached (their changes)
+        services.logins.expire()
+        return len(services.logins) > 0
+
     feed = JobFeed(load=load, load_visible=load_visible, source=source,
-                   resync_s=0.0 if kind == "poll" else settings.feed.resync_s)
+                   resync_s=0.0 if kind == "poll" else settings.feed.resync_s,
+                   logins=services.logins)
     return feed
 
 
@@ -215,7 +227,7 @@ def create_app(settings: WebSettings | None = None, *, ml_client: MLClient | Non
     app.add_middleware(BodyLimit, limit=settings.http.max_body_bytes,
                        timeout_s=settings.http.body_timeout_s,
                        uploads={("POST", "/v1/jobs"): MAX_SUBMISSION_BYTES},
-                       may_upload=_bearer_checker(services.signing_key),
+                       may_upload=_bearer_checker(services.tokens),
                        max_concurrent_uploads=settings.http.max_concurrent_uploads)
     app.add_middleware(SecurityHeaders)  # on refusals from the layers inside too
     app.add_middleware(RequestIdMiddleware)  # ids even on refused requests
@@ -225,7 +237,7 @@ def create_app(settings: WebSettings | None = None, *, ml_client: MLClient | Non
     return app
 
 
-def _bearer_checker(key: bytes) -> Callable[[Headers], bool]:
+def _bearer_checker(tokens: VerifiedTokens) -> Callable[[Headers], bool]:
     """Whether headers carry an unexpired access token we signed (revocation is the
     route's to check): enough to let a client send megabytes."""
     def may_upload(headers: Headers) -> bool:
@@ -233,7 +245,7 @@ def _bearer_checker(key: bytes) -> Callable[[Headers], bool]:
         if scheme.lower() != "bearer" or not token:
             return False
         try:
-            decode_access_token(key, token.strip())
+            tokens.decode(token.strip())
         except TokenError:
             return False
         return True

@@ -13,14 +13,16 @@ from sqlalchemy import and_, select
 from sqlalchemy.orm import Session
 
 from web_backend.errors import Forbidden, NotFound, Unauthorized
+from web_backend.login_cache import LoginCache
 from web_backend.models import AuthSession, Job, User
-from web_backend.security import AccessClaims, TokenError, decode_access_token, verify_link
+from web_backend.security import AccessClaims, TokenError, verify_link
 from web_backend.services import Services
 from web_backend.settings import WebSettings
 
 __all__ = ["AccessClaimsDep", "AdminUser", "ClientAddress", "CurrentLogin", "CurrentUser",
            "JobId", "OwnedJob", "ServicesDep", "SessionDep", "SettingsDep", "StreamAccess",
-           "StreamAccessDep", "job_by_token_or_link", "limit_per_address", "owned_job"]
+           "StreamAccessDep", "check_live_login", "job_by_token_or_link", "limit_per_address",
+           "owned_job"]
 
 oauth2_scheme = OAuth2PasswordBearer(tokenUrl="/v1/auth/token", auto_error=False)
 
@@ -89,7 +91,7 @@ def _claims(token: str | None, services: Services) -> AccessClaims:
     if not token:
         raise Unauthorized("not signed in: send 'Authorization: Bearer <access token>'")
     try:
-        return decode_access_token(services.signing_key, token)
+        return services.tokens.decode(token)
     except TokenError:
         raise Unauthorized("invalid or expired access token; sign in again or refresh") from None
 
@@ -104,9 +106,12 @@ async def get_access_claims(token: Annotated[str | None, Depends(oauth2_scheme)]
 AccessClaimsDep = Annotated[AccessClaims, Depends(get_access_claims)]
 
 
-def owned_job(session: Session, claims: AccessClaims, job_id: str) -> Job:
+def owned_job(session: Session, claims: AccessClaims, job_id: str,
+              logins: LoginCache | None = None) -> Job:
     """The job, if the login is live, its account active and the job its own: all in one
-    query (a status read is the most frequent request; it pays for one round trip)."""
+    query (a status read is the most frequent request; it pays for one round trip).
+    A live login is remembered in ``logins``."""
+    generation = logins.generation() if logins is not None else 0
     row = session.execute(
         select(User.is_active, AuthSession.revoked_at, Job)
         .select_from(AuthSession).join(User, User.id == AuthSession.user_id)
@@ -116,6 +121,8 @@ def owned_job(session: Session, claims: AccessClaims, job_id: str) -> Job:
         raise Unauthorized("this session has ended; sign in again")
     if not row[0]:
         raise Unauthorized("this account is disabled")
+    if logins is not None:
+        logins.remember(claims.session_id, claims.user_id, generation)
     if row[2] is None:  # another user's job answers exactly like a missing one
         raise NotFound(f"no job {job_id}")
     job: Job = row[2]
@@ -231,9 +238,18 @@ class StreamAccess:
                    else Unauthorized("this account is disabled"))
 
 
-def _signed_in(services: Services, claims: AccessClaims) -> User:
+def _check_login(services: Services, claims: AccessClaims) -> None:
+    generation = services.logins.generation()
     with services.session_factory() as session:
-        return _login(claims, session)[0]
+        _login(claims, session)
+    services.logins.remember(claims.session_id, claims.user_id, generation)
+
+
+async def check_live_login(services: Services, claims: AccessClaims) -> None:
+    """Refuses an ended login or a disabled account: from this process's login cache
+    when it has the login, else with one query (which fills the cache)."""
+    if not services.logins.live(claims.session_id, claims.user_id):
+        await run_in_threadpool(_check_login, services, claims)
 
 
 async def get_stream_access(job_id: JobId, services: ServicesDep,
@@ -244,8 +260,8 @@ async def get_stream_access(job_id: JobId, services: ServicesDep,
             raise Forbidden("this link is invalid or has expired")
         return StreamAccess(job_id, exp, None)
     claims = _claims(token, services)
-    user = await run_in_threadpool(_signed_in, services, claims)
-    return StreamAccess(job_id, claims.expires_at, user.id)
+    await check_live_login(services, claims)
+    return StreamAccess(job_id, claims.expires_at, claims.user_id)
 
 
 StreamAccessDep = Annotated[StreamAccess, Depends(get_stream_access)]

@@ -1,9 +1,11 @@
 """Where a web process hears that jobs changed: PostgreSQL, Redis, or a poller.
 
-Each source is an async iterator of batches of changed job ids, and of ``RESYNC``
-whenever it may have missed some (it just connected, or reconnected after the
-database or Redis restarted): the feed then re-reads every job it follows from its
-row, so a lost notification costs a query, never an event.
+Each source is an async iterator of batches of changed job ids (and ``user:<id>``
+for a user whose logins changed, see :mod:`web_backend.login_cache`), of ``LOST``
+when its connection fails, and of ``RESYNC`` whenever it may have missed some (it
+just connected, or reconnected after the database or Redis restarted): the feed then
+re-reads every job it follows from its row, so a lost notification costs a query,
+never an event, and the login cache, off since ``LOST``, starts again empty.
 
 * :class:`PostgresChanges`: ``LISTEN`` on the channel the ``jobs`` trigger notifies
   (migration 0004), in the writing transaction, so a notification never arrives
@@ -25,18 +27,20 @@ from typing import Any, Final, Literal
 from sqlalchemy import event, make_url, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from web_backend.models import Job, utcnow
+from web_backend.login_cache import USER_PREFIX
+from web_backend.models import Job, User, utcnow
 
-__all__ = ["PG_CHANNEL", "REDIS_CHANNEL", "RESYNC", "ChangeBatch", "ChangeSource",
+__all__ = ["LOST", "PG_CHANNEL", "REDIS_CHANNEL", "RESYNC", "ChangeBatch", "ChangeSource",
            "FeedKind", "PollChanges", "PostgresChanges", "RedisChanges", "mark_changed",
-           "publish_commits_to_redis", "resolve_feed_kind"]
+           "publish_commits_to_redis", "redis_publisher", "resolve_feed_kind"]
 
 log = logging.getLogger(__name__)
 
 PG_CHANNEL: Final = "clipgan_jobs"     # migration 0004's trigger notifies here
 REDIS_CHANNEL: Final = "clipgan:jobs"
 RESYNC: Final = None                   # "re-read everything you follow"
-ChangeBatch = frozenset[str] | None
+LOST: Final = "lost"                   # "changes are not heard until the next RESYNC"
+ChangeBatch = frozenset[str] | None | Literal["lost"]
 ChangeSource = Callable[[], AsyncIterator[ChangeBatch]]
 FeedKind = Literal["postgres", "redis", "poll"]
 
@@ -85,6 +89,7 @@ class PostgresChanges:
                     async for note in conn.notifies():
                         yield frozenset((note.payload,))
             except (psycopg.Error, OSError) as exc:
+                yield LOST
                 await _backoff(attempt, "PostgreSQL LISTEN connection", exc)
                 attempt += 1
 
@@ -117,6 +122,7 @@ class RedisChanges:
                             yield frozenset((data.decode() if isinstance(data, bytes)
                                              else str(data),))
             except (RedisError, OSError) as exc:
+                yield LOST
                 await _backoff(attempt, "Redis subscription", exc)
                 attempt += 1
             finally:
@@ -125,10 +131,11 @@ class RedisChanges:
 
 class PollChanges:
     """One query per tick for all jobs changed since the previous tick, watched or not
-    (a tick costs the same for 1 or 1,000 streams), only while anything is watched.
+    (a tick costs the same for 1 or 1,000 streams), and one for users whose logins
+    changed, only while anything is watched or cached (``watched``).
 
-    Rows are seen again for ``overlap`` after their change (a write computes
-    ``updated_at`` before it commits), and reported once per ``updated_at``.
+    Rows are seen again for ``overlap`` after their change (a write computes its
+    timestamp before it commits), and reported once per timestamp.
     """
 
     def __init__(self, session_factory: sessionmaker[Session], watched: Callable[[], bool], *,
@@ -140,9 +147,13 @@ class PollChanges:
 
     def _changed_since(self, since: datetime) -> list[tuple[str, datetime]]:
         with self.session_factory() as session:
-            rows = session.execute(select(Job.id, Job.updated_at)
+            jobs = session.execute(select(Job.id, Job.updated_at)
                                    .where(Job.updated_at > since)).all()
-        return [(job_id, updated) for job_id, updated in rows]
+            users = session.execute(select(User.id, User.logins_changed_at)
+                                    .where(User.logins_changed_at > since)).all()
+        return ([(job_id, updated) for job_id, updated in jobs]
+                + [(f"{USER_PREFIX}{user_id}", changed) for user_id, changed in users
+                   if changed is not None])
 
     async def __call__(self) -> AsyncIterator[ChangeBatch]:
         seen: dict[str, datetime] = {}
@@ -160,13 +171,14 @@ class PollChanges:
             except Exception as exc:  # the database is busy or gone: try again, then resync
                 failures += 1
                 log.warning("job feed: poll failed (%s: %s)", type(exc).__name__, exc)
+                if failures == 1:
+                    yield LOST
                 continue
             if failures:
                 failures = 0
                 yield RESYNC
-            changed = frozenset(job_id for job_id, updated in rows
-                                if seen.get(job_id) != updated)
-            seen = {job_id: updated for job_id, updated in rows}
+            changed = frozenset(key for key, updated in rows if seen.get(key) != updated)
+            seen = dict(rows)
             since = tick - self.overlap
             if changed:
                 yield changed
@@ -183,15 +195,28 @@ def mark_changed(session: Session, job_ids: Iterable[str]) -> None:
     session.info.setdefault(_PENDING, set()).update(job_ids)
 
 
-def publish_commits_to_redis(factory: sessionmaker[Session], redis_url: str) -> None:
-    """After each commit of a session from ``factory``, publish the jobs it changed.
-
-    Publishing is best effort: the row is already committed, and a subscriber that
-    missed it re-reads its jobs when its subscription comes back.
-    """
+def redis_publisher(redis_url: str) -> Callable[[str], bool]:
+    """Publishes one message on the feed's channel, best effort: the row is already
+    committed, and a subscriber that missed it re-reads when its subscription comes
+    back (its login cache is off until then)."""
     import redis
 
     client = redis.Redis.from_url(redis_url, socket_timeout=1, socket_connect_timeout=1)
+
+    def publish(message: str) -> bool:
+        try:
+            client.publish(REDIS_CHANNEL, message)
+        except redis.RedisError as exc:
+            log.warning("job feed: could not publish %s (%s)", message, exc)
+            return False
+        return True
+
+    return publish
+
+
+def publish_commits_to_redis(factory: sessionmaker[Session],
+                             publish: Callable[[str], bool]) -> None:
+    """After each commit of a session from ``factory``, publish the jobs it changed."""
 
     @event.listens_for(factory, "after_flush")
     def _collect(session: Session, _context: Any) -> None:
@@ -203,11 +228,8 @@ def publish_commits_to_redis(factory: sessionmaker[Session], redis_url: str) -> 
     @event.listens_for(factory, "after_commit")
     def _publish(session: Session) -> None:
         for job_id in session.info.pop(_PENDING, ()):
-            try:
-                client.publish(REDIS_CHANNEL, job_id)
-            except redis.RedisError as exc:
-                log.warning("job feed: could not publish a change of %s (%s)", job_id, exc)
-                return
+            if not publish(job_id):
+                return  # Redis is away: do not wait on it once per job
 
     @event.listens_for(factory, "after_rollback")
     def _forget(session: Session) -> None:

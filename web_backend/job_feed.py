@@ -7,7 +7,9 @@ per batch, and wakes only their watchers. So the database sees work proportional
 changes, not to watchers, and a job followed by 50 tabs is read once per change.
 
 The feed keeps the latest view of each followed job and nothing else; it forgets a
-job when its last watcher leaves.
+job when its last watcher leaves. It also carries what the process's login cache must
+hear (:mod:`web_backend.login_cache`): users whose logins changed, and whether the
+source is connected at all.
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from web_backend.feed_sources import RESYNC, ChangeSource
+from web_backend.feed_sources import RESYNC, ChangeBatch, ChangeSource
+from web_backend.login_cache import USER_PREFIX, LoginCache
 from web_backend.schemas import JobOut
 
 __all__ = ["JobFeed", "JobView", "Visible", "Watch", "visible_state"]
@@ -97,7 +100,8 @@ class JobFeed:
     """
 
     def __init__(self, *, load: ViewLoader, load_visible: VisibleLoader, source: ChangeSource,
-                 resync_s: float) -> None:
+                 resync_s: float, logins: LoginCache | None = None) -> None:
+        self.logins = logins if logins is not None else LoginCache(max_age_s=0)
         self.load = load
         self.load_visible = load_visible
         self.source = source
@@ -194,9 +198,24 @@ class JobFeed:
                 if not watch._read.done():
                     watch._read.set_result(None)
 
+    def _heard(self, batch: ChangeBatch) -> None:
+        if isinstance(batch, str):  # LOST
+            self.logins.feed_lost()
+            return
+        if batch is RESYNC:
+            self.logins.feed_connected()
+            self.changed(RESYNC)
+            return
+        users = {key for key in batch if key.startswith(USER_PREFIX)}
+        if users:
+            self.logins.forget_users(int(key[len(USER_PREFIX):]) for key in users
+                                     if key[len(USER_PREFIX):].isdigit())
+            batch = batch - users
+        self.changed(batch)
+
     async def _listen(self) -> None:
         async for batch in self.source():
-            self.changed(batch)
+            self._heard(batch)
 
     async def _refresher(self, pending: asyncio.Event) -> None:
         while True:
@@ -259,6 +278,7 @@ class JobFeed:
             for task in done:
                 task.result()  # a source that gave up: say so
         finally:
+            self.logins.feed_lost()  # nobody hears changes now
             self._pending = self._resync = None
             for task in tasks:
                 task.cancel()

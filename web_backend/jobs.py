@@ -34,8 +34,8 @@ from web_backend.security import sign_link
 from web_backend.services import Services
 from web_backend.webhook_outbox import deliveries_for
 
-__all__ = ["average_job_seconds", "job_columns", "job_out", "job_views", "list_jobs", "relinked",
-           "submit"]
+__all__ = ["average_job_seconds", "job_columns", "job_out", "job_views", "list_jobs",
+           "relinked", "signed_links", "submit"]
 
 _ACTIVE = (JobStatus.queued, JobStatus.running)
 
@@ -51,8 +51,22 @@ def _stored_request(request: JobRequest) -> dict[str, Any]:
     return stored
 
 
+_AVERAGE_TTL_S = 5.0
+
+
 def average_job_seconds(session: Session, services: Services) -> float:
-    """Mean run time of the last 50 finished jobs (the ETA's unit)."""
+    """Mean run time of the last 50 finished jobs (the ETA's unit), read at most every
+    few seconds per process: every status read of an active job needs it, and it moves
+    only when a job finishes (an ETA a few seconds behind is still an estimate)."""
+    cached = services.average_job_s
+    if cached is not None and time.monotonic() - cached[1] < _AVERAGE_TTL_S:
+        return cached[0]
+    average = _average_job_seconds(session, services)
+    services.average_job_s = (average, time.monotonic())
+    return average
+
+
+def _average_job_seconds(session: Session, services: Services) -> float:
     rows = session.execute(
         select(Job.started_at, Job.finished_at).where(Job.status == JobStatus.succeeded,
                                                       Job.started_at.is_not(None))
@@ -194,16 +208,22 @@ def job_out(session: Session, services: Services, job: Job, *,
     )
 
 
-def relinked(services: Services, out: JobOut, links_not_after: int) -> JobOut:
+def signed_links(services: Services, job_id: str, *, image: bool, preview: bool,
+                 not_after: int | None) -> dict[str, str | None]:
+    """A job view's signed links, made fresh (each expires at the usual TTL, and no later
+    than ``not_after``): one view serves many readers, each with a credential of its own."""
+    return {"image_url": _link(services, job_id, "image", not_after) if image else None,
+            "preview_url": _link(services, job_id, "preview", not_after) if preview else None,
+            "events_url": _link(services, job_id, "events", not_after)}
+
+
+def relinked(services: Services, out: JobOut, links_not_after: int | None) -> JobOut:
     """``out`` with its signed links re-made to expire no later than ``links_not_after``:
     one view is built per change for all of a job's streams, each opened by a credential
     of its own."""
-    def link(kind: str, present: bool) -> str | None:
-        return _link(services, out.id, kind, links_not_after) if present else None
-
-    return out.model_copy(update={"image_url": link("image", out.image_url is not None),
-                                  "preview_url": link("preview", out.preview_url is not None),
-                                  "events_url": link("events", True)})
+    return out.model_copy(update=signed_links(
+        services, out.id, image=out.image_url is not None,
+        preview=out.preview_url is not None, not_after=links_not_after))
 
 
 JobViewRow = tuple[JobOut, str | None, int, bool]  # the job, its preview, owner, owner active

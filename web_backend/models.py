@@ -79,6 +79,10 @@ class User(Base):
     daily_images: Mapped[int | None] = mapped_column(Integer, nullable=True)
     # signs this user's webhooks (Standard Webhooks "whsec_..."); shown to them once
     webhook_secret: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    # moved by every logout, revocation, disable or enable: how web processes that cache
+    # logins hear of it on SQLite (migration 0006; PostgreSQL's triggers notify as well)
+    logins_changed_at: Mapped[datetime | None] = mapped_column(
+        DateTime(timezone=True), nullable=True, index=True)
 
     sessions: Mapped[list[AuthSession]] = relationship(back_populates="user")
 

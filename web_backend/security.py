@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -21,9 +22,9 @@ from jose import JWTError, jwt
 from pwdlib import PasswordHash
 
 __all__ = [
-    "AccessClaims", "TokenError", "create_access_token", "decode_access_token",
-    "hash_password", "hash_refresh_token", "new_refresh_token", "sign_link", "verify_link",
-    "verify_password",
+    "AccessClaims", "TokenError", "VerifiedTokens", "create_access_token",
+    "decode_access_token", "hash_password", "hash_refresh_token", "new_refresh_token",
+    "sign_link", "verify_link", "verify_password",
 ]
 
 ALGORITHM = "HS256"
@@ -76,6 +77,39 @@ def decode_access_token(key: bytes, token: str) -> AccessClaims:
                             expires_at=int(claims["exp"]))
     except (TypeError, ValueError):
         raise TokenError("malformed subject") from None
+
+
+class VerifiedTokens:
+    """Access tokens whose signature this process already checked, and their claims.
+
+    Checking an HS256 signature costs more than the rest of a status read served from
+    memory; a page polling its job presents the same token every time. A hit is the
+    exact string checked before under the same key, so it proves what the check did;
+    expiry is still checked on every use (as the decoder would). Only valid tokens get
+    in (sign-ins are rate limited), and the oldest leave first.
+    """
+
+    def __init__(self, key: bytes, *, max_entries: int = 10_000) -> None:
+        self.key = key
+        self.max_entries = max_entries
+        self._lock = threading.Lock()
+        self._claims: dict[str, AccessClaims] = {}
+
+    def decode(self, token: str) -> AccessClaims:
+        """As :func:`decode_access_token` (raises :class:`TokenError`)."""
+        with self._lock:
+            claims = self._claims.get(token)
+        if claims is not None:
+            if int(time.time()) <= claims.expires_at:
+                return claims
+            with self._lock:
+                self._claims.pop(token, None)
+        claims = decode_access_token(self.key, token)  # an expired one raises here
+        with self._lock:
+            self._claims[token] = claims
+            while len(self._claims) > self.max_entries:
+                del self._claims[next(iter(self._claims))]
+        return claims
 
 
 def new_refresh_token() -> tuple[str, str]:

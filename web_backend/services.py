@@ -8,10 +8,13 @@ from dataclasses import dataclass, field
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from web_backend.finished_jobs import FinishedJobs
 from web_backend.job_feed import JobFeed
+from web_backend.login_cache import LoginCache
 from web_backend.metrics import Metrics
 from web_backend.ml_client import MLClient
 from web_backend.ratelimit import RateLimiter
+from web_backend.security import VerifiedTokens
 from web_backend.settings import WebSettings
 from web_backend.storage import BlobStore
 from web_backend.streams import StreamGate
@@ -32,6 +35,10 @@ class Services:
     metrics: Metrics
     ml_capacity: int                              # jobs the ML side runs at once (ETAs, dispatch)
     streams: StreamGate                           # open /events streams in this process
+    logins: LoginCache                            # live logins, while the feed hears changes
+    tokens: VerifiedTokens                        # access tokens whose signature was checked
     feed: JobFeed = field(init=False)             # job changes, fanned out to those streams
+    finished_jobs: FinishedJobs = field(default_factory=FinishedJobs)  # views that never change
+    average_job_s: tuple[float, float] | None = None  # the ETA unit and when it was read
     sample_cache: OrderedDict[tuple[str, int, float | None], bytes] = field(
         default_factory=OrderedDict)  # (model, seed, psi) -> PNG; small LRU per process

@@ -80,6 +80,10 @@ class AuthSettings(_Group):
         "Per account name, from any address; then sign-in waits."))
     password_changes_per_hour: int = var("PASSWORD_CHANGES_PER_HOUR", 5, ge=1, description=(
         "Attempts per account."))
+    login_cache_s: float = var("LOGIN_CACHE_S", 30.0, ge=0, le=300, description=(
+        "A status read trusts a login this process checked for up to this long, while its "
+        "job feed hears every logout, revocation and disable (each ends it at once); "
+        "0: check every read in the database."))
 
 
 class LimitSettings(_Group):

@@ -12,43 +12,19 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from tests.infra import fresh_postgres_database, require_redis
-from tests.web_backend.helpers import SECRET, Account, make_admin
-from web_backend import migrate, queue
+from tests.web_backend.helpers import Account, make_admin
+from web_backend import queue
 from web_backend.app import build_services, create_app
 from web_backend.models import JobStatus
 from web_backend.queue import Claim
 from web_backend.services import Services
 from web_backend.settings import WebSettings
-
-FEEDS = ["poll", "postgres", "redis"]
-
-
-@pytest.fixture(params=FEEDS)
-def feed_settings(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[WebSettings]:
-    """Settings for one feed: SQLite alone polls; Redis is tried with SQLite (it needs no
-    database notifications)."""
-    kind = request.param
-    data: dict[str, Any] = {"dir": tmp_path}
-    if kind == "postgres":
-        with fresh_postgres_database() as url:
-            migrate.upgrade(url)
-            yield WebSettings(env="prod", secret_key=SECRET, data={**data, "database_url": url},
-                              feed={"kind": kind})
-        return
-    url = f"sqlite:///{tmp_path / 'clipgan.db'}"
-    migrate.upgrade(url)
-    if kind == "redis":
-        data["redis_url"] = require_redis()
-    yield WebSettings(env="prod", secret_key=SECRET, data={**data, "database_url": url},
-                      feed={"kind": kind})
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ def _tables(url: str) -> set[str]:
 def test_upgrade_downgrade_upgrade(database_url: str) -> None:
     # the fixture already upgraded to head
     assert _tables(database_url) == TABLES == set(Base.metadata.tables)
-    assert migrate.current(database_url) == "0005"
+    assert migrate.current(database_url) == "0006"
     migrate.downgrade(database_url, "base")
     assert _tables(database_url) == set()
     assert migrate.current(database_url) is None
