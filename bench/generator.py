@@ -4,12 +4,18 @@ Per precision (fp32, and bf16 autocast as the search runs it), with FLOPs per im
 counted by torch (bench/flops.py), achieved TFLOP/s and, on a known GPU, % of its
 dense bf16 peak. Random weights (speed does not depend on what the weights learned).
 Prints one table; run `python bench/generator.py --help` for options.
+
+On the CPU it also runs each config's sample graph (`clipgan export-onnx`: mapping +
+synthesis, psi as an input, batch 1) in ONNX Runtime with the same number of threads,
+next to torch: what a web process serving `CLIPGAN_SAMPLE_ONNX` gets per core budget.
 """
 
 from __future__ import annotations
 
 import argparse
+import tempfile
 import time
+from pathlib import Path
 
 import torch
 from flops import count_flops, describe_rate, peak_tflops
@@ -56,6 +62,32 @@ def flops_per_image(generator: Generator, device: str, precision: Precision) -> 
         return count_flops(lambda: forward(generator, z, precision)) // 2
 
 
+def onnx_images_per_second(generator: Generator, min_seconds: float, threads: int) -> float:
+    """The exported sample graph in ONNX Runtime (CPU), batch 1."""
+    import numpy as np
+    import onnxruntime
+
+    from ml_backend.onnx_export import export_sample_graph
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "sample.onnx"
+        export_sample_graph(generator, path, model="bench", default_psi=1.0, demo_weights=False)
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = threads
+        session = onnxruntime.InferenceSession(str(path), sess_options=options,
+                                               providers=["CPUExecutionProvider"])
+    feed = {"z": np.random.randn(1, generator.config.z_dim).astype(np.float32),
+            "psi": np.ones(1, dtype=np.float32)}
+    session.run(None, feed)  # warm-up
+    runs, start = 0, time.perf_counter()
+    while True:
+        session.run(None, feed)
+        runs += 1
+        elapsed = time.perf_counter() - start
+        if elapsed >= min_seconds and runs >= 2:
+            return runs / elapsed
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -65,7 +97,10 @@ def main() -> None:
                         default=None, help="default: fp32 and bf16 on CUDA, fp32 on CPU "
                         "(CPUs without bf16 units run it ~20x slower)")
     parser.add_argument("--min-seconds", type=float, default=3.0)
+    parser.add_argument("--onnx", action=argparse.BooleanOptionalAction, default=None,
+                        help="also ONNX Runtime CPU, batch 1 (default: on the CPU)")
     args = parser.parse_args()
+    with_onnx = args.onnx if args.onnx is not None else args.device == "cpu"
 
     precisions = args.precisions or (["fp32", "bf16"] if args.device.startswith("cuda")
                                      else ["fp32"])
@@ -90,6 +125,13 @@ def main() -> None:
                 print(f"{name:<14}{params:>9.1f}M{precision_name:>10}{batch:>7}{ips:>11.2f}"
                       f"{1000 / ips:>10.1f}{flops / 1e9:>13.1f}  "
                       f"{describe_rate(flops * ips, 1.0, peak)}", flush=True)
+        if with_onnx:
+            flops = flops_per_image(generator.cpu(), "cpu", Precision.resolve("fp32", "cpu"))
+            ips = onnx_images_per_second(generator.cpu(), args.min_seconds,
+                                         torch.get_num_threads())
+            print(f"{name:<14}{params:>9.1f}M{'ort-fp32':>10}{1:>7}{ips:>11.2f}"
+                  f"{1000 / ips:>10.1f}{flops / 1e9:>13.1f}  "
+                  f"{describe_rate(flops * ips, 1.0, None)}", flush=True)
         del generator
 
 

@@ -7,6 +7,7 @@ the door with exactly the bounds the engine enforces. Messages say what to fix.
 from __future__ import annotations
 
 import hashlib
+import math
 import re
 import unicodedata
 from typing import Annotated, Literal
@@ -25,7 +26,7 @@ from ml_backend.recipe import DEFAULT_RECIPE
 __all__ = [
     "MAX_IMAGE_PROMPT_BYTES", "MAX_PROMPTS", "MAX_PROMPT_CHARS", "MAX_SEED", "Failure",
     "FailureCode", "GenerationRequest", "Progress", "Result", "StreamMessage", "WeightedPrompt",
-    "parse_prompt", "plain_text", "seed_to_int",
+    "parse_prompt", "plain_text", "sample_latent", "seed_to_int",
 ]
 
 MAX_PROMPT_CHARS = 1000
@@ -98,6 +99,30 @@ def seed_to_int(seed: int | str) -> int:
         return int(stripped)
     digest = hashlib.sha256(stripped.encode("utf-8")).digest()
     return int.from_bytes(digest[:8], "big") & MAX_SEED
+
+
+def sample_latent(seed: int, dim: int) -> list[float]:
+    """A sample's z: ``dim`` standard normal values from the seed alone.
+
+    Part of the contract because two sides render samples: the ML side (torch) and a
+    web process serving them from ONNX on its CPU, which has no torch. Both must give
+    a name the same face, so the values come from SHA-256 in counter mode and the
+    Box-Muller transform, in plain Python floats, not from a library's random stream.
+    """
+    if not 0 <= seed <= MAX_SEED:
+        raise ValueError(f"seed must be in 0..{MAX_SEED}, got {seed}")
+    values: list[float] = []
+    counter = 0
+    while len(values) < dim:
+        block = hashlib.sha256(b"clipgan-z" + seed.to_bytes(8, "big")
+                               + counter.to_bytes(8, "big")).digest()
+        counter += 1
+        for offset in (0, 16):
+            u1 = 1.0 - (int.from_bytes(block[offset:offset + 8], "big") >> 11) * 2.0 ** -53
+            u2 = (int.from_bytes(block[offset + 8:offset + 16], "big") >> 11) * 2.0 ** -53
+            radius = math.sqrt(-2.0 * math.log(u1))  # u1 in (0, 1]: no log(0)
+            values += (radius * math.cos(2 * math.pi * u2), radius * math.sin(2 * math.pi * u2))
+    return values[:dim]
 
 
 Seed = int | Annotated[str, Field(min_length=1, max_length=64)]

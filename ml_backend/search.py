@@ -28,7 +28,14 @@ import torch
 from ml_backend.guidance import ClipGuide, Targets
 from ml_backend.png import encode_png
 from ml_backend.precision import Precision
-from ml_backend.protocol import MAX_SEED, GenerationRequest, Progress, Result, seed_to_int
+from ml_backend.protocol import (
+    MAX_SEED,
+    GenerationRequest,
+    Progress,
+    Result,
+    sample_latent,
+    seed_to_int,
+)
 from ml_backend.recipe import DEFAULT_RECIPE, SearchRecipe
 from ml_backend.stylegan2 import Generator, to_uint8_images
 from ml_backend.upscale import Upscaler
@@ -278,8 +285,8 @@ class LatentSearchEngine:
         t0 = time.perf_counter()
         seed = resolve_seed(request.seed)
         psi = self.default_psi if request.psi is None else request.psi
-        z = torch.randn(1, self.generator.config.z_dim,
-                        generator=torch.Generator().manual_seed(seed)).to(self.device)
+        z = torch.tensor([sample_latent(seed, self.generator.config.z_dim)],  # [1, z_dim]
+                         device=self.device)
         image = self.generator.synthesize(self.generator.map(z, psi), noise_mode="const")
         t1 = time.perf_counter()
         png = self._png(image[0], request.upscale,

@@ -38,6 +38,7 @@ from web_backend.logs import RequestIdMiddleware
 from web_backend.metrics import Metrics
 from web_backend.middleware import Admission, ConcurrencyLimit
 from web_backend.ml_client import MLClient, NoMLClient, ml_client_from_settings
+from web_backend.onnx_samples import OnnxSampler
 from web_backend.openapi import install_openapi, operation_id
 from web_backend.ratelimit import RateLimiter
 from web_backend.routes import admin, auth, jobs, samples, system, users
@@ -83,6 +84,11 @@ def build_services(settings: WebSettings, ml_client: MLClient | None = None) -> 
         logins=logins, tokens=VerifiedTokens(signing_key),
     )
     services.feed = _job_feed(services, feed_kind)
+    if settings.samples.onnx is not None:
+        services.onnx_samples = OnnxSampler(settings.samples.onnx,
+                                            threads=settings.samples.onnx_threads)
+        log.info("samples of model %r are rendered here from %s", services.onnx_samples.model,
+                 settings.samples.onnx)
     return services
 
 

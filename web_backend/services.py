@@ -13,6 +13,7 @@ from web_backend.job_feed import JobFeed
 from web_backend.login_cache import LoginCache
 from web_backend.metrics import Metrics
 from web_backend.ml_client import MLClient
+from web_backend.onnx_samples import OnnxSampler
 from web_backend.ratelimit import RateLimiter
 from web_backend.security import VerifiedTokens
 from web_backend.settings import WebSettings
@@ -40,5 +41,6 @@ class Services:
     feed: JobFeed = field(init=False)             # job changes, fanned out to those streams
     finished_jobs: FinishedJobs = field(default_factory=FinishedJobs)  # views that never change
     average_job_s: tuple[float, float] | None = None  # the ETA unit and when it was read
+    onnx_samples: OnnxSampler | None = None       # samples rendered here (CLIPGAN_SAMPLE_ONNX)
     sample_cache: OrderedDict[tuple[str, int, float | None], bytes] = field(
         default_factory=OrderedDict)  # (model, seed, psi) -> PNG; small LRU per process

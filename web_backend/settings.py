@@ -184,6 +184,11 @@ class SampleSettings(_Group):
         "Instant samples per client address."))
     cache_size: int = var("SAMPLE_CACHE_SIZE", 512, ge=0, description=(
         "Instant samples kept in memory."))
+    onnx: Path | None = var("SAMPLE_ONNX", None, description=(
+        "A model's sample graph (`clipgan export-onnx`): this web process renders that "
+        "model's samples on its own CPU with ONNX Runtime, not on the ML side."))
+    onnx_threads: int = var("SAMPLE_ONNX_THREADS", 1, ge=1, le=64, description=(
+        "CPU threads one ONNX sample may use (samples are rendered one at a time)."))
 
 
 class DispatchSettings(_Group):

@@ -82,3 +82,18 @@ def test_users_see_their_own_mistakes_but_not_internal_errors() -> None:
     for code in ("timeout", "busy", "unavailable", "cancelled"):
         leaked = Failure(code=code, message="Traceback at /srv/secret")
         assert "/srv" not in leaked.public_message
+
+
+def test_a_samples_latent_depends_on_the_seed_alone_and_is_standard_normal() -> None:
+    from statistics import fmean, pstdev
+
+    from ml_backend.protocol import MAX_SEED, sample_latent
+
+    assert sample_latent(7, 512) == sample_latent(7, 512)      # any process, any side
+    assert sample_latent(7, 512)[:100] == sample_latent(7, 100)
+    assert sample_latent(7, 512) != sample_latent(8, 512)
+    values = sample_latent(MAX_SEED, 50_000)
+    assert abs(fmean(values)) < 0.02 and abs(pstdev(values) - 1) < 0.02
+    for bad in (-1, MAX_SEED + 1):
+        with pytest.raises(ValueError, match="seed must be in"):
+            sample_latent(bad, 4)

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import secrets
 from typing import Annotated
 
 from fastapi import APIRouter, Query
 from fastapi.responses import Response
 from pydantic import ValidationError
 
-from ml_backend.protocol import GenerationRequest, Result, seed_to_int
+from ml_backend.protocol import MAX_SEED, GenerationRequest, Result, seed_to_int
 from web_backend.deps import ServicesDep, limit_per_address
 from web_backend.errors import ServiceUnavailable, Unprocessable, validation_detail
+from web_backend.onnx_samples import SamplerBusy
 from web_backend.openapi import PNG, refusals
+from web_backend.services import Services
 
 __all__ = ["router"]
 
@@ -39,6 +42,17 @@ async def sample_png(
     if key is not None and key in cache:
         cache.move_to_end(key)
         return _png(cache[key], key[1], "hit")
+    onnx = services.onnx_samples
+    if onnx is not None and onnx.serves(model):  # on this CPU: no GPU needed, no queue
+        try:
+            rendered = await onnx.render(
+                key[1] if key is not None else secrets.randbelow(MAX_SEED), psi)
+        except SamplerBusy:
+            raise ServiceUnavailable("too many instant samples are being drawn right now; "
+                                     "try again in a second", retry_after_s=1) from None
+        if key is not None:
+            _remember(services, key, rendered.png)
+        return _png(rendered.png, rendered.seed, "miss")
     try:
         body = GenerationRequest(seed=seed, psi=psi, model=model)
     except ValidationError as exc:
@@ -49,11 +63,17 @@ async def sample_png(
             raise Unprocessable(message.message)
         raise ServiceUnavailable(f"the image service is not reachable right now "
                                  f"({message.message})", retry_after_s=10)
-    if key is not None and services.settings.samples.cache_size:
-        cache[key] = message.png
+    if key is not None:
+        _remember(services, key, message.png)
+    return _png(message.png, message.seed, "miss")
+
+
+def _remember(services: Services, key: tuple[str, int, float | None], png: bytes) -> None:
+    cache = services.sample_cache
+    if services.settings.samples.cache_size:
+        cache[key] = png
         while len(cache) > services.settings.samples.cache_size:
             cache.popitem(last=False)
-    return _png(message.png, message.seed, "miss")
 
 
 def _png(data: bytes, seed: int, cache: str) -> Response:
