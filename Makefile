@@ -12,7 +12,7 @@ STAMP      := $(VENV)/.clipgan-installed
 # Elsewhere point CHROMIUM at any Chromium/Chrome binary.
 CHROMIUM   ?= /usr/bin/chromium
 
-.PHONY: install run test lint bench clean
+.PHONY: install run test lint screenshots bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -33,6 +33,10 @@ run: $(STAMP)
 test: lint $(CHROMIUM)
 	CHROMIUM=$(CHROMIUM) $(PY) -m pytest
 
+# the README's pictures of the page, taken by the browser test
+screenshots: $(STAMP) $(CHROMIUM)
+	CLIPGAN_SCREENSHOTS=1 CHROMIUM=$(CHROMIUM) $(PY) -m pytest -q tests/web_backend/test_page.py
+
 # style, the layers (pyproject: [tool.importlinter]) and types
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
@@ -44,6 +48,7 @@ bench: $(STAMP)
 	$(PY) bench/search.py
 	$(PY) bench/serve.py
 	$(PY) bench/web.py
+	$(PY) bench/logout.py
 	$(PY) bench/e2e.py
 	$(PY) bench/hostile_clients.py
 

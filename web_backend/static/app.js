@@ -14,10 +14,11 @@ const store = {
 const streams = new Map();
 const TERMINAL = new Set(["succeeded", "failed", "cancelled"]);
 
-function say(text) {
+function say(text, ok = false) {
   const box = $("#message");
   box.textContent = text || "";
   box.hidden = !text;
+  box.classList.toggle("ok", ok);
 }
 
 function describe(detail) {
@@ -60,8 +61,11 @@ function card(job) {
     node.id = `job-${job.id}`;
     node.querySelector(".cancel").onclick = () => api(`/v1/jobs/${job.id}`, { method: "DELETE" }).catch((e) => say(e.message));
     node.querySelector(".rerun").onclick = () => submit(node.dataset.request).catch((e) => say(e.message));
+    node.querySelector(".open").onclick = () => openLarge(JSON.parse(node.dataset.job));
+    node.querySelector(".use-seed").onclick = () => useSeed(JSON.parse(node.dataset.job));
     $("#jobs").prepend(node);
   }
+  node.dataset.job = JSON.stringify(job);
   node.dataset.request = JSON.stringify(job.request);
   node.dataset.status = job.status;
   node.querySelector(".prompt").textContent = job.request.prompt || `random character (seed ${job.request.seed ?? "random"})`;
@@ -74,16 +78,68 @@ function card(job) {
   if (job.progress.score !== null && job.status === "running") status += ` · score ${job.progress.score.toFixed(3)}`;
   if (job.error && job.status !== "succeeded") status += ` · ${job.error}`;
   node.querySelector(".status").textContent = status;
+  node.querySelector(".details").textContent = details(job);
   const img = node.querySelector("img");
+  img.alt = `Picture for “${node.querySelector(".prompt").textContent}”`;
   const src = job.image_url || job.preview_url;
   if (src && img.dataset.src !== src.split("?")[0]) { img.src = src; img.dataset.src = src.split("?")[0]; img.hidden = false; }
   img.classList.toggle("result", Boolean(job.image_url));
   const download = node.querySelector(".download");
   download.hidden = !job.image_url;
   if (job.image_url) { download.href = job.image_url; download.download = `clipgan-${job.id}.png`; }
+  node.querySelector(".open").hidden = !job.image_url;
+  node.querySelector(".use-seed").hidden = job.seed === null || job.seed === undefined;
   node.querySelector(".cancel").hidden = TERMINAL.has(job.status);
   node.querySelector(".rerun").hidden = !TERMINAL.has(job.status);
   return node;
+}
+
+function details(job) {
+  const parts = [];
+  if (job.progress.score !== null && job.status === "succeeded") parts.push(`score ${job.progress.score.toFixed(3)}`);
+  if (job.seed !== null && job.seed !== undefined) parts.push(`seed ${job.seed}`);
+  parts.push(`creativity ${job.request.psi ?? "model default"}`);
+  if (job.request.upscale && job.request.upscale > 1) parts.push(`${job.request.upscale}× upscale`);
+  return parts.join(" · ");
+}
+
+function openLarge(job) {
+  const viewer = $("#viewer");
+  const img = viewer.querySelector("img");
+  img.src = job.image_url;
+  img.alt = `Picture for “${job.request.prompt || "a random character"}”`;
+  viewer.querySelector(".details").textContent = details(job);
+  $("#share-link").value = new URL(job.image_url, location.origin).href;
+  $("#viewer-download").href = job.image_url;
+  $("#viewer-download").download = `clipgan-${job.id}.png`;
+  viewer.showModal();
+}
+
+function useSeed(job) {
+  const f = $("#generate-form");
+  f.seed.value = String(job.seed);
+  if (job.request.psi !== null && job.request.psi !== undefined) {
+    f.psi.value = job.request.psi;
+    $("#psi-value").textContent = Number(job.request.psi).toFixed(2);
+  }
+  if ($("#viewer").open) $("#viewer").close();
+  f.prompt.focus();
+  say("");
+}
+
+function showSample(name) {
+  const figure = $("#sample");
+  const img = figure.querySelector("img");
+  const url = `/v1/sample.png?seed=${encodeURIComponent(name)}`;
+  img.onerror = async () => {
+    figure.hidden = true;
+    try { await api(url); } catch (e) { say(`no character right now: ${e.message}`); }
+  };
+  img.onload = () => { figure.hidden = false; say(""); };
+  img.alt = `A character for “${name}”`;
+  img.src = url;
+  figure.dataset.seed = name;
+  figure.querySelector(".caption").textContent = `Seed “${name}”`;
 }
 
 function follow(job) {
@@ -166,6 +222,22 @@ $("#logout").onclick = async () => {
   try { await api("/v1/auth/logout", { method: "POST" }); } catch (e) { /* already gone */ }
   store.clear(); streams.forEach((s) => s.close()); streams.clear(); show();
 };
+$("#sample-form").onsubmit = (event) => {
+  event.preventDefault();
+  const name = event.target.name.value.trim();
+  showSample(name || String(Math.floor(Math.random() * 2 ** 31)));
+};
+$("#surprise").onclick = () => showSample(String(Math.floor(Math.random() * 2 ** 31)));
+$("#use-sample-seed").onclick = () => {
+  $("#generate-form").seed.value = $("#sample").dataset.seed;
+  $("#generate-form").prompt.focus();
+};
+$("#copy-link").onclick = async () => {
+  const link = $("#share-link");
+  try { await navigator.clipboard.writeText(link.value); say("Share link copied.", true); }
+  catch (e) { link.select(); say("Copy the selected link (the browser did not allow copying)."); }
+};
+$("#close-viewer").onclick = () => $("#viewer").close();
 $("input[name=psi]").oninput = (event) => { $("#psi-value").textContent = Number(event.target.value).toFixed(2); };
 $("#generate-form").onsubmit = async (event) => {
   event.preventDefault();
@@ -173,6 +245,7 @@ $("#generate-form").onsubmit = async (event) => {
   const request = { prompt: f.prompt.value, steps: Number(f.steps.value), psi: Number(f.psi.value), model: f.model.value || "default" };
   if (f.negative_prompt.value) request.negative_prompt = f.negative_prompt.value;
   if (f.seed.value) request.seed = f.seed.value;
+  if (Number(f.upscale.value) > 1) request.upscale = Number(f.upscale.value);
   try { await submit(JSON.stringify(request), f.image_prompt.files[0]); } catch (e) { say(e.message); }
 };
 show();
