@@ -5,8 +5,10 @@ Starts a real uvicorn server (one worker) per database and drives it with Debian
 ``wrk`` (installed with apt when missing; C, so the load generator is not the
 bottleneck, though it shares this machine's cores) at each concurrency level for a
 few seconds, and prints requests/s and p50/p99 latency for: GET /healthz (the
-baseline: no database), GET /v1/jobs/{id} of a finished and of a queued job, and
-POST /v1/jobs. The ratio to the baseline is the figure that survives a noisy machine.
+baseline: no database), GET /v1/jobs/{id} of a finished job, of a queued one and of a
+running one that moves a step every 0.5 s while it is read (each step makes every web
+process drop that job's kept view), and POST /v1/jobs. The ratio to the baseline is the
+figure that survives a noisy machine.
 
   python bench/web.py [--seconds 5] [--levels 1 16 64] [--databases sqlite postgresql]
 """
@@ -14,12 +16,15 @@ POST /v1/jobs. The ratio to the baseline is the figure that survives a noisy mac
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
 import shutil
 import subprocess
 import tempfile
+import threading
+from collections.abc import Iterator
 
 import httpx
 from webserver import database, sign_up, start_server
@@ -80,6 +85,34 @@ def _finish(database_url: str, job_id: str) -> None:
     engine.dispose()
 
 
+@contextlib.contextmanager
+def _progressing(database_url: str, job_id: str, every_s: float = 0.5) -> Iterator[None]:
+    """The job runs and records a step every ``every_s`` while the block runs, as a
+    dispatcher would (from another process, as far as the server knows)."""
+    from sqlalchemy import create_engine, update
+
+    engine = create_engine(database_url)
+    stop = threading.Event()
+
+    def steps() -> None:
+        step = 0
+        while not stop.wait(every_s):
+            step += 1
+            with engine.begin() as conn:
+                conn.execute(update(Job).where(Job.id == job_id).values(
+                    status="running", started_at=utcnow(), progress_step=step,
+                    progress_total=1_000_000))
+
+    thread = threading.Thread(target=steps, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+        engine.dispose()
+
+
 def bench_database(name: str, url: str, levels: list[int], seconds: float) -> None:
     server = start_server(url)
     try:
@@ -89,6 +122,8 @@ def bench_database(name: str, url: str, levels: list[int], seconds: float) -> No
         finished = httpx.post(f"{server.base}/v1/jobs", json={"prompt": "smile"},
                               headers=auth).json()
         _finish(url, finished["id"])
+        running = httpx.post(f"{server.base}/v1/jobs", json={"prompt": "smile"},
+                             headers=auth).json()
         print(f"\n{name}: {'conns':>5} {'route':<22} {'req/s':>8} {'p50 ms':>8} "
               f"{'p99 ms':>8} {'vs healthz':>10} {'errors':>6}")
         for level in levels:
@@ -97,10 +132,13 @@ def bench_database(name: str, url: str, levels: list[int], seconds: float) -> No
                 ("GET /healthz", "/healthz", None),
                 ("GET /v1/jobs/{finished}", f"/v1/jobs/{finished['id']}", None),
                 ("GET /v1/jobs/{queued}", f"/v1/jobs/{queued['id']}", None),
+                ("GET /v1/jobs/{running}", f"/v1/jobs/{running['id']}", None),
                 ("POST /v1/jobs", "/v1/jobs", {"prompt": "blue hair", "steps": 20}),
             ):
-                rps, p50, p99, errors = wrk(server.base + path, connections=level,
-                                            seconds=seconds, headers=auth, body=body)
+                moving = _progressing(url, running["id"]) if "running" in label else None
+                with moving or contextlib.nullcontext():
+                    rps, p50, p99, errors = wrk(server.base + path, connections=level,
+                                                seconds=seconds, headers=auth, body=body)
                 base_rps = base_rps or rps
                 print(f"{'':<{len(name) + 1}} {level:>5} {label:<22} {rps:>8.0f} "
                       f"{p50:>8.1f} {p99:>8.1f} {rps / base_rps:>10.2f} {errors:>6}",

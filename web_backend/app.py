@@ -27,12 +27,14 @@ from web_backend.feed_sources import (
     PollChanges,
     PostgresChanges,
     RedisChanges,
-    publish_commits_to_redis,
+    announce_job_commits,
+    publish_each,
     redis_publisher,
     resolve_feed_kind,
 )
 from web_backend.job_feed import JobFeed, JobView, Visible, visible_state
 from web_backend.jobs import job_columns, job_views
+from web_backend.kept_views import KeptViews
 from web_backend.login_cache import LoginCache, announce_login_changes
 from web_backend.logs import RequestIdMiddleware
 from web_backend.metrics import Metrics
@@ -67,10 +69,14 @@ def build_services(settings: WebSettings, ml_client: MLClient | None = None) -> 
     feed_kind = resolve_feed_kind(settings.feed.kind, url, redis_url)
     logins = LoginCache(max_age_s=settings.auth.login_cache_s)
     signing_key = settings.signing_key()
+    views = KeptViews()
     publish = redis_publisher(redis_url) if feed_kind == "redis" and redis_url else None
+    # this process's reads see its own writes at once; Redis tells the others
+    on_job_commit: list[Callable[[frozenset[str]], None]] = [views.forget]
+    if publish is not None:
+        on_job_commit.append(publish_each(publish))
     for factory in (session_factory, write_session_factory):
-        if publish is not None:  # every process that writes jobs announces them
-            publish_commits_to_redis(factory, publish)
+        announce_job_commits(factory, *on_job_commit)
         announce_login_changes(factory, logins, publish)
     services = Services(
         settings=settings, engine=engine, session_factory=session_factory,
@@ -81,7 +87,7 @@ def build_services(settings: WebSettings, ml_client: MLClient | None = None) -> 
         ml_capacity=settings.ml.slots,
         streams=StreamGate(per_user=settings.http.max_streams_per_user,
                            total=settings.http.max_streams),
-        logins=logins, tokens=VerifiedTokens(signing_key),
+        logins=logins, tokens=VerifiedTokens(signing_key), views=views,
     )
     services.feed = _job_feed(services, feed_kind)
     if settings.samples.onnx is not None:
@@ -117,13 +123,13 @@ def _job_feed(services: Services, kind: FeedKind) -> JobFeed:
                     for job_id, status, step, total, score, preview, image, error
                     in job_columns(session, job_ids)}
 
-    def _cached() -> bool:  # the poller also runs while logins are cached (their changes)
+    def _cached() -> bool:  # the poller also runs while logins or active views are kept
         services.logins.expire()
-        return len(services.logins) > 0
+        return len(services.logins) > 0 or services.views.active > 0
 
     feed = JobFeed(load=load, load_visible=load_visible, source=source,
                    resync_s=0.0 if kind == "poll" else settings.feed.resync_s,
-                   logins=services.logins)
+                   logins=services.logins, kept=services.views)
     return feed
 
 

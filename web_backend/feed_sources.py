@@ -11,7 +11,7 @@ never an event, and the login cache, off since ``LOST``, starts again empty.
   (migration 0004), in the writing transaction, so a notification never arrives
   before the row it announces.
 * :class:`RedisChanges`: pub/sub; writers publish after their commit
-  (:func:`publish_commits_to_redis`). Works with SQLite too.
+  (:func:`announce_job_commits` with :func:`publish_each`). Works with SQLite too.
 * :class:`PollChanges`: SQLite alone. One query per tick for the whole process:
   rows whose ``updated_at`` moved since the last look.
 """
@@ -31,8 +31,9 @@ from web_backend.login_cache import USER_PREFIX
 from web_backend.models import Job, User, utcnow
 
 __all__ = ["LOST", "PG_CHANNEL", "REDIS_CHANNEL", "RESYNC", "ChangeBatch", "ChangeSource",
-           "FeedKind", "PollChanges", "PostgresChanges", "RedisChanges", "mark_changed",
-           "publish_commits_to_redis", "redis_publisher", "resolve_feed_kind"]
+           "FeedKind", "PollChanges", "PostgresChanges", "RedisChanges",
+           "announce_job_commits", "mark_changed", "publish_each", "redis_publisher",
+           "resolve_feed_kind"]
 
 log = logging.getLogger(__name__)
 
@@ -184,7 +185,7 @@ class PollChanges:
                 yield changed
 
 
-# --- publishing (Redis only: PostgreSQL's trigger and the poller need nothing) -----------
+# --- this process's commits: its own views at once, and Redis for the others -------
 
 _PENDING = "clipgan_changed_jobs"
 
@@ -214,9 +215,13 @@ def redis_publisher(redis_url: str) -> Callable[[str], bool]:
     return publish
 
 
-def publish_commits_to_redis(factory: sessionmaker[Session],
-                             publish: Callable[[str], bool]) -> None:
-    """After each commit of a session from ``factory``, publish the jobs it changed."""
+def announce_job_commits(factory: sessionmaker[Session],
+                         *on_commit: Callable[[frozenset[str]], None]) -> None:
+    """After each commit of a session from ``factory``, call each ``on_commit`` with the
+    jobs it changed (ORM writes, and Core updates named by :func:`mark_changed`);
+    nothing for a rollback. This process's own views are forgotten this way at once,
+    and Redis publishing uses it to tell the others. Call it once per factory: the
+    first listener takes the changes."""
 
     @event.listens_for(factory, "after_flush")
     def _collect(session: Session, _context: Any) -> None:
@@ -226,11 +231,24 @@ def publish_commits_to_redis(factory: sessionmaker[Session],
             mark_changed(session, jobs)
 
     @event.listens_for(factory, "after_commit")
-    def _publish(session: Session) -> None:
-        for job_id in session.info.pop(_PENDING, ()):
-            if not publish(job_id):
-                return  # Redis is away: do not wait on it once per job
+    def _announce(session: Session) -> None:
+        job_ids = session.info.pop(_PENDING, None)
+        if job_ids:
+            for call in on_commit:
+                call(frozenset(job_ids))
 
     @event.listens_for(factory, "after_rollback")
     def _forget(session: Session) -> None:
         session.info.pop(_PENDING, None)
+
+
+def publish_each(publish: Callable[[str], bool]) -> Callable[[frozenset[str]], None]:
+    """An ``on_commit`` for :func:`announce_job_commits` that publishes each job on
+    Redis, giving up on the rest of a commit once Redis does not answer."""
+
+    def publish_jobs(job_ids: frozenset[str]) -> None:
+        for job_id in job_ids:
+            if not publish(job_id):
+                return
+
+    return publish_jobs

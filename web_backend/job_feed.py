@@ -9,7 +9,8 @@ changes, not to watchers, and a job followed by 50 tabs is read once per change.
 The feed keeps the latest view of each followed job and nothing else; it forgets a
 job when its last watcher leaves. It also carries what the process's login cache must
 hear (:mod:`web_backend.login_cache`): users whose logins changed, and whether the
-source is connected at all.
+source is connected at all; and it drops the kept view of every job that changed
+(:mod:`web_backend.kept_views`), followed or not.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from web_backend.feed_sources import RESYNC, ChangeBatch, ChangeSource
+from web_backend.kept_views import KeptViews
 from web_backend.login_cache import USER_PREFIX, LoginCache
 from web_backend.schemas import JobOut
 
@@ -100,8 +102,10 @@ class JobFeed:
     """
 
     def __init__(self, *, load: ViewLoader, load_visible: VisibleLoader, source: ChangeSource,
-                 resync_s: float, logins: LoginCache | None = None) -> None:
+                 resync_s: float, logins: LoginCache | None = None,
+                 kept: KeptViews | None = None) -> None:
         self.logins = logins if logins is not None else LoginCache(max_age_s=0)
+        self.kept = kept if kept is not None else KeptViews(max_active=0)
         self.load = load
         self.load_visible = load_visible
         self.source = source
@@ -201,6 +205,7 @@ class JobFeed:
     def _heard(self, batch: ChangeBatch) -> None:
         if isinstance(batch, str):  # LOST
             self.logins.feed_lost()
+            self.kept.forget_active()
             return
         if batch is RESYNC:
             self.logins.feed_connected()
@@ -211,6 +216,7 @@ class JobFeed:
             self.logins.forget_users(int(key[len(USER_PREFIX):]) for key in users
                                      if key[len(USER_PREFIX):].isdigit())
             batch = batch - users
+        self.kept.forget(batch)
         self.changed(batch)
 
     async def _listen(self) -> None:
@@ -279,6 +285,7 @@ class JobFeed:
                 task.result()  # a source that gave up: say so
         finally:
             self.logins.feed_lost()  # nobody hears changes now
+            self.kept.forget_active()
             self._pending = self._resync = None
             for task in tasks:
                 task.cancel()

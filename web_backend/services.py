@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from web_backend.finished_jobs import FinishedJobs
 from web_backend.job_feed import JobFeed
+from web_backend.kept_views import KeptViews
 from web_backend.login_cache import LoginCache
 from web_backend.metrics import Metrics
 from web_backend.ml_client import MLClient
@@ -38,8 +38,8 @@ class Services:
     streams: StreamGate                           # open /events streams in this process
     logins: LoginCache                            # live logins, while the feed hears changes
     tokens: VerifiedTokens                        # access tokens whose signature was checked
+    views: KeptViews                              # job views a status read needs no query for
     feed: JobFeed = field(init=False)             # job changes, fanned out to those streams
-    finished_jobs: FinishedJobs = field(default_factory=FinishedJobs)  # views that never change
     average_job_s: tuple[float, float] | None = None  # the ETA unit and when it was read
     onnx_samples: OnnxSampler | None = None       # samples rendered here (CLIPGAN_SAMPLE_ONNX)
     sample_cache: OrderedDict[tuple[str, int, float | None], bytes] = field(

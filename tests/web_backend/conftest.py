@@ -36,13 +36,15 @@ FEEDS = ["poll", "postgres", "redis"]  # how a web process hears of changes
 @pytest.fixture(params=FEEDS)
 def feed_settings(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[WebSettings]:
     """Settings for one feed: SQLite alone polls; Redis is tried with SQLite (it needs no
-    database notifications). Sign-in limits are lifted: with Redis they are counted in the
-    machine's shared Redis, across tests (and every test's first user has id 1)."""
+    database notifications). Sign-in and submission limits are lifted: with Redis they are
+    counted in the machine's shared Redis, across tests and runs (and every test's first
+    user has id 1)."""
     kind = request.param
     data: dict[str, Any] = {"dir": tmp_path}
     common: dict[str, Any] = dict(env="prod", secret_key=SECRET, feed={"kind": kind}, auth={
         "registrations_per_hour": 100_000, "login_attempts_per_minute": 100_000,
-        "password_changes_per_hour": 100_000, "failed_sign_ins_per_hour": 100_000})
+        "password_changes_per_hour": 100_000, "failed_sign_ins_per_hour": 100_000},
+        limits={"submissions_per_minute": 100_000})
     if kind == "postgres":
         with fresh_postgres_database() as url:
             migrate.upgrade(url)

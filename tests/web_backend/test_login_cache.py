@@ -1,6 +1,7 @@
-"""Status reads served from memory, and the promise they keep: a login that ends, ends at
-once on every worker. Two web processes are two apps on one database, each with its own
-feed (poll, PostgreSQL, Redis), login cache and event loop."""
+"""Status reads served from memory, and the promises they keep: a login that ends, ends at
+once on every worker, and a job that changes is never shown as it was once its change is
+heard. Two web processes are two apps on one database, each with its own feed (poll,
+PostgreSQL, Redis), login cache, kept views and event loop."""
 
 from __future__ import annotations
 
@@ -19,8 +20,10 @@ from sqlalchemy import event
 from tests.web_backend.helpers import Account, make_admin
 from web_backend import queue
 from web_backend.app import create_app
+from web_backend.kept_views import KeptViews
 from web_backend.login_cache import LoginCache
 from web_backend.models import JobStatus
+from web_backend.schemas import JobOut
 from web_backend.settings import WebSettings
 
 # --- the cache's own rules ----------------------------------------------------------------
@@ -86,6 +89,72 @@ def test_the_cache_stays_within_its_size() -> None:
     assert len(cache) == 3 and cache.live("s9", 9) and not cache.live("s0", 0)
 
 
+def _job(status: str = "running", *, step: int = 1, webhook: dict | None = None) -> JobOut:
+    return JobOut.model_validate({
+        "id": "j1", "status": status, "created_at": "2026-11-23T00:00:00Z",
+        "started_at": None, "finished_at": None, "request": {"prompt": "smile"},
+        "progress": {"step": step, "total": 4, "score": None}, "queue_position": None,
+        "eta_s": None, "seed": None, "error": None, "timings": None, "image_url": None,
+        "preview_url": None, "events_url": "/v1/jobs/j1/events?exp=1&sig=x",
+        "webhook": webhook})
+
+
+def test_an_active_view_read_before_a_change_is_not_kept_after_it() -> None:
+    views = KeptViews()
+    read_at = views.generation()           # a status read begins its query ...
+    views.forget(["j1"])                   # ... the job's change is heard meanwhile ...
+    assert views.put(7, _job(step=1), read_at=read_at) is None  # ... its answer is stale
+    assert views.get("j1") is None
+    assert views.put(7, _job(step=2), read_at=views.generation()) is not None
+    assert views.get("j1") is not None
+    views.forget(["other"])                # another job's change does not drop this one
+    assert views.get("j1") is not None
+    views.forget(["j1"])
+    assert views.get("j1") is None
+
+
+def test_active_views_age_out_and_go_with_the_feed_finished_ones_stay() -> None:
+    clock = Clock()
+    views = KeptViews(active_max_age_s=1.0, clock=clock)
+    views.put(7, _job("running"), read_at=views.generation())
+    clock.now += 0.9
+    assert views.get("j1") is not None
+    clock.now += 0.2
+    assert views.get("j1") is None, "a queue position or ETA is never more than 1 s old"
+    views.put(7, _job("running"), read_at=views.generation())
+    read_at = views.generation()
+    views.forget_active()                  # the feed is lost: changes go unheard
+    assert views.get("j1") is None and views.active == 0
+    assert views.put(7, _job("running"), read_at=read_at) is None
+    finished = _job("succeeded")
+    views.put(7, finished, read_at=read_at)  # a finished job cannot change: kept anyway
+    clock.now += 3600
+    views.forget(["j1"])
+    views.forget_active()
+    kept = views.get("j1")
+    assert kept is not None and kept.owner_id == 7 and b'"status":"succeeded"' in kept.head
+
+
+def test_views_that_could_change_unannounced_are_not_kept() -> None:
+    views = KeptViews()
+    pending = {"url": "https://bot.example/hook", "events": ["completed"],
+               "deliveries": [{"id": "msg_1", "event": "completed", "status": "pending",
+                               "attempts": 0, "last_error": None, "delivered_at": None}]}
+    for out in (_job("running", webhook=pending), _job("succeeded", webhook=pending)):
+        assert views.put(7, out, read_at=views.generation()) is None  # deliveries move
+    assert KeptViews(max_active=0).put(7, _job(), read_at=0) is None
+
+
+def test_what_is_remembered_of_changes_stays_bounded() -> None:
+    views = KeptViews(max_active=2)
+    read_at = views.generation()
+    for n in range(20):                   # more changes than it remembers ...
+        views.forget([f"j{n}"])
+    assert len(views._forgotten) <= 8
+    assert views.put(7, _job(), read_at=read_at) is None  # ... so an older read is refused
+    assert views.put(7, _job(), read_at=views.generation()) is not None
+
+
 # --- two workers, one database ------------------------------------------------------------
 
 
@@ -95,6 +164,8 @@ class Workers:
     def __init__(self, settings: WebSettings) -> None:
         self.settings = settings
         self.a, self.b = create_app(settings), create_app(settings)
+        for app in (self.a, self.b):  # only a commit or the feed drops an active view
+            app.state.services.views.active_max_age_s = _LONG_LIFE_S
 
     @contextmanager
     def running(self) -> Iterator[tuple[TestClient, TestClient]]:
@@ -102,6 +173,20 @@ class Workers:
             for app in (self.a, self.b):
                 _until(lambda app=app: app.state.services.logins.enabled, "the feed connects")
             yield first, second
+
+    def running_job(self, owner: Account) -> queue.Claim:
+        """A job of ``owner``'s that worker a's dispatcher claimed."""
+        r = owner.post("/v1/jobs", json={"prompt": "smile", "steps": 4})
+        assert r.status_code == 202, r.text
+        with self.a.state.services.write_session_factory() as session:
+            claim = queue.claim(session, owner="test", lease_s=60)
+        assert claim is not None and claim.job_id == r.json()["id"]
+        return claim
+
+    def progress(self, claim: queue.Claim, step: int) -> None:
+        """Worker a records a step, as its dispatcher does (worker b hears of it)."""
+        with self.a.state.services.write_session_factory() as session:
+            queue.renew(session, claim, lease_s=60, progress_step=step)
 
     def finished_job(self, owner: Account) -> str:
         """A job of ``owner``'s that the ML side finished."""
@@ -124,13 +209,22 @@ def _until(condition: Callable[[], bool], what: str, timeout: float = 10) -> Non
         time.sleep(0.01)
 
 
+# what a process asks on its own, whatever the requests: the SQLite feed's tick and the
+# webhook sender's look for due deliveries
+_BACKGROUND = ("WHERE jobs.updated_at >", "WHERE users.logins_changed_at >",
+               "FROM webhook_deliveries")
+
+
 @contextmanager
 def _statements(app: FastAPI) -> Iterator[list[str]]:
-    """The SQL ``app`` sends while the block runs."""
+    """The SQL ``app`` sends while the block runs, but for its background work."""
     seen: list[str] = []
 
     def count(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
-        seen.append(statement)
+        if statement.split(" ")[0] in ("BEGIN", "COMMIT", "ROLLBACK"):
+            return  # a transaction of its own (SQLite's explicit BEGIN): says nothing
+        if not any(part in statement for part in _BACKGROUND):
+            seen.append(statement)
 
     engine = app.state.services.engine
     event.listen(engine, "before_cursor_execute", count)
@@ -172,6 +266,52 @@ def test_a_finished_job_read_again_costs_no_query(workers: Workers) -> None:
         bob = Account(second, "bob")
         with _statements(workers.b):
             assert bob.get(f"/v1/jobs/{job_id}").status_code == 404  # not bob's: as ever
+
+
+def test_an_active_job_is_read_once_per_change(workers: Workers) -> None:
+    """Repeated reads of a running job cost no query; a change is shown at once where
+    it was written and as soon as the feed tells the other worker; never the old view."""
+    with workers.running() as (first, second):
+        alice = Account(first, "alice")
+        claim = workers.running_job(alice)
+        url, headers = f"/v1/jobs/{claim.job_id}", alice.auth
+
+        def step(client: TestClient) -> int:
+            r = client.get(url, headers=headers)
+            assert r.status_code == 200, r.text
+            return int(r.json()["progress"]["step"])
+
+        for client in (first, second, second):
+            assert step(client) == 0
+        with _statements(workers.b) as sql:
+            assert step(second) == 0 and step(second) == 0
+        assert sql == [], "an unchanged running job read again needs no database"
+        for n in (1, 2, 3):
+            workers.progress(claim, n)
+            assert step(first) == n, "the worker that wrote a change shows it at once"
+            _until(lambda n=n: step(second) == n, "the other worker hears the change",
+                   timeout=_LONG_LIFE_S / 20)
+            with _statements(workers.b) as sql:
+                assert step(second) == n
+            assert sql == []
+        bob = Account(second, "bob")
+        assert bob.get(url).status_code == 404  # a kept view is still only its owner's
+
+
+@pytest.mark.parametrize("feed_settings", ["poll"], indirect=True)
+def test_a_cancel_is_shown_at_once_by_the_worker_that_made_it(
+        feed_settings: WebSettings) -> None:
+    """The feed would tell this worker only 10 s later: its own commit drops the view."""
+    feed = feed_settings.feed.model_copy(update={"poll_s": 10.0})
+    workers = Workers(feed_settings.model_copy(update={"feed": feed}))
+    with workers.running() as (_, second):
+        alice = Account(second, "alice")
+        r = alice.post("/v1/jobs", json={"prompt": "smile", "steps": 4})
+        url = f"/v1/jobs/{r.json()['id']}"
+        for _ in range(2):
+            assert alice.get(url).json()["status"] == "queued"
+        assert alice.delete(url).json()["status"] == "cancelled"
+        assert alice.get(url).json()["status"] == "cancelled"
 
 
 def _logout(workers: Workers, first: TestClient, alice: Account) -> None:
@@ -258,11 +398,14 @@ def test_a_dropped_feed_empties_the_cache_until_it_is_heard_again(workers: Worke
         alice = Account(first, "alice")
         job_id = workers.finished_job(alice)
         url, headers = f"/v1/jobs/{job_id}", alice.auth
-        logins = workers.b.state.services.logins
+        logins, views = workers.b.state.services.logins, workers.b.state.services.views
         assert second.get(url, headers=headers).status_code == 200
-        assert len(logins) == 1
+        running = f"/v1/jobs/{workers.running_job(alice).job_id}"
+        assert second.get(running, headers=headers).status_code == 200
+        assert len(logins) == 1 and views.active == 1
         _drop_feed_connection(workers.settings)
         _until(lambda: len(logins) == 0, "the cache is emptied")
+        assert views.active == 0, "a change made while the feed is away would go unseen"
         _until(lambda: logins.enabled, "the feed reconnects", timeout=15)
         with _statements(workers.b) as sql:
             assert second.get(url, headers=headers).status_code == 200

@@ -27,8 +27,8 @@ from web_backend.deps import (
     owned_job,
 )
 from web_backend.errors import Conflict, NotFound, ServiceUnavailable
-from web_backend.finished_jobs import FinishedJob
 from web_backend.job_feed import JobView, Watch
+from web_backend.kept_views import KeptView
 from web_backend.models import Job, JobStatus
 from web_backend.openapi import EVENT_STREAM, JOB_SUBMISSION, PNG, refusals
 from web_backend.schemas import JobOut, JobPage
@@ -77,41 +77,42 @@ def list_jobs(
 @router.get("/{job_id}", name="get", response_model=JobOut, responses=refusals(401, 403, 404))
 async def get_job(job_id: JobId, claims: AccessClaimsDep, services: ServicesDep) -> Response:
     """A job's status, progress, timings, error and signed links."""
-    body = _finished_job_json(services, claims, job_id)
+    body = _kept_job_json(services, claims, job_id)
     if body is None:
         body = await run_in_threadpool(_job_json, services, claims, job_id)
     return Response(body, media_type="application/json")
 
 
-def _finished_job_json(services: Services, claims: AccessClaims, job_id: str) -> bytes | None:
-    """A finished job read by a login this process checked: no query and no thread hop
-    (None: ask the database)."""
+def _kept_job_json(services: Services, claims: AccessClaims, job_id: str) -> bytes | None:
+    """A job whose view this process keeps, read by a login it checked: no query and no
+    thread hop (None: ask the database)."""
     if not services.logins.live(claims.session_id, claims.user_id):
         return None
-    finished = services.finished_jobs.get(job_id)
-    if finished is None:
+    kept = services.views.get(job_id)
+    if kept is None:
         return None
-    if finished.owner_id != claims.user_id:  # as the database would answer: like a missing job
+    if kept.owner_id != claims.user_id:  # as the database would answer: like a missing job
         raise NotFound(f"no job {job_id}")
-    return _with_links(services, finished)
+    return _with_links(services, kept)
 
 
-def _with_links(services: Services, finished: FinishedJob) -> bytes:
-    links = jobs.signed_links(services, finished.job_id, image=finished.has_image,
-                              preview=finished.has_preview, not_after=None)
-    return finished.body(json.dumps(links, separators=(",", ":")).encode())
+def _with_links(services: Services, kept: KeptView) -> bytes:
+    links = jobs.signed_links(services, kept.job_id, image=kept.has_image,
+                              preview=kept.has_preview, not_after=None)
+    return kept.body(json.dumps(links, separators=(",", ":")).encode())
 
 
 def _job_json(services: Services, claims: AccessClaims, job_id: str) -> bytes:
     """One thread hop, one query for login and job (more only for what the job needs:
-    the ETA of an active one, the deliveries of its webhook), serialised once. Fills the
-    login cache and, for a job that will not change again, the finished views."""
+    the queue position of a queued one, the deliveries of its webhook), serialised once.
+    Fills the login cache and the kept views."""
+    read_at = services.views.generation()  # before the query: a change heard since wins
     with services.session_factory() as session:
         job = owned_job(session, claims, job_id, services.logins)
-        out = jobs.job_out(session, services, job)
-        finished = services.finished_jobs.put(job.user_id, out)
-    if finished is not None:  # serialised once, into the kept view
-        return _with_links(services, finished)
+        out, owner_id = jobs.job_out(session, services, job), job.user_id
+    kept = services.views.put(owner_id, out, read_at=read_at)
+    if kept is not None:  # serialised once, into the kept view
+        return _with_links(services, kept)
     return out.model_dump_json().encode()
 
 
