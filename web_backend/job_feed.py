@@ -216,7 +216,8 @@ class JobFeed:
             self.logins.forget_users(int(key[len(USER_PREFIX):]) for key in users
                                      if key[len(USER_PREFIX):].isdigit())
             batch = batch - users
-        self.kept.forget(batch)
+        if batch:
+            self.kept.forget(batch)
         self.changed(batch)
 
     async def _listen(self) -> None:

@@ -150,14 +150,16 @@ class KeptViews:
                 self._active.pop(job_id, None)
                 self._forgotten[job_id] = self._generation
             if len(self._forgotten) > 4 * max(self.max_active, 1):
-                self._forgotten.clear()  # bounded: a read begun before now is not kept
-                self._floor = self._generation + 1
-                self._generation += 1
+                self._refuse_earlier_reads()  # bounded: what it forgot is no longer known
 
     def forget_active(self) -> None:
         """Changes may go unheard (the feed is lost): keep no active view from before."""
         with self._lock:
             self._active.clear()
-            self._forgotten.clear()
-            self._generation += 1
-            self._floor = self._generation
+            self._refuse_earlier_reads()
+
+    def _refuse_earlier_reads(self) -> None:
+        """No read begun before now keeps an active view (the lock is held)."""
+        self._forgotten.clear()
+        self._generation += 1
+        self._floor = self._generation
