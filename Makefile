@@ -35,7 +35,7 @@ test: lint $(CHROMIUM)
 
 # the README's pictures of the page, taken by the browser test
 screenshots: $(STAMP) $(CHROMIUM)
-	CLIPGAN_SCREENSHOTS=1 CHROMIUM=$(CHROMIUM) $(PY) -m pytest -q tests/web_backend/test_page.py
+	CLIPGAN_SCREENSHOTS=1 CHROMIUM=$(CHROMIUM) $(PY) -m pytest -q tests/web_backend/api/test_page.py
 
 # style, the layers (pyproject: [tool.importlinter]) and types
 lint: $(STAMP)

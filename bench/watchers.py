@@ -34,12 +34,12 @@ from urllib.parse import urlparse
 import httpx
 from webserver import Server, database, sign_up, start_server
 
-from web_backend import queue
 from web_backend.app import build_services
-from web_backend.queue import Claim
-from web_backend.security import sign_link
+from web_backend.core.security import sign_link
+from web_backend.core.settings import WebSettings
+from web_backend.jobs import queue
+from web_backend.jobs.queue import Claim
 from web_backend.services import Services
-from web_backend.settings import WebSettings
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 RUNNING = 16

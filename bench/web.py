@@ -29,7 +29,7 @@ from collections.abc import Iterator
 import httpx
 from webserver import database, sign_up, start_server
 
-from web_backend.models import Job, utcnow
+from web_backend.core.models import Job, utcnow
 
 _UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
 

@@ -3,7 +3,7 @@
 from alembic import context
 from sqlalchemy import engine_from_config, pool
 
-from web_backend.models import Base
+from web_backend.core.models import Base
 
 config = context.config
 target_metadata = Base.metadata

@@ -3,7 +3,7 @@
 An instant character is one generator pass: mapping, truncation, synthesis with
 constant noise. With GPU replicas scaled to zero it should not wait for a GPU node
 to boot, so a web process can run this graph in ONNX Runtime on its own CPU
-(``CLIPGAN_SAMPLE_ONNX``; see ``web_backend/onnx_samples.py``, which never imports
+(``CLIPGAN_SAMPLE_ONNX``; see ``web_backend/samples/onnx.py``, which never imports
 torch). The latent comes from :func:`ml_backend.protocol.sample_latent` on both
 sides, so a name gives the same face wherever it is rendered.
 

@@ -35,7 +35,7 @@ def test_every_module_declares_a_real_public_api(name: str) -> None:
 
 def test_the_web_side_runs_without_torch_loaded() -> None:
     """A web process on a CPU box: importing the whole app must not load torch."""
-    code = ("import sys, web_backend.app, web_backend.dispatcher, ml_backend.protocol; "
+    code = ("import sys, web_backend.app, web_backend.jobs.dispatcher, ml_backend.protocol; "
             "print(sorted(m for m in ('torch', 'clip', 'safetensors') if m in sys.modules))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=120, cwd=ROOT)
@@ -45,7 +45,7 @@ def test_the_web_side_runs_without_torch_loaded() -> None:
 
 def test_every_setting_is_documented_in_the_readme() -> None:
     from ml_backend.settings import MLSettings
-    from web_backend import settings as web
+    from web_backend.core import settings as web
 
     readme = (ROOT / "README.md").read_text()
     documented = set(re.findall(r"CLIPGAN_[A-Z0-9_]+", readme))

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import httpx
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse
@@ -16,44 +16,50 @@ from fastapi.staticfiles import StaticFiles
 from starlette.datastructures import Headers
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
-from web_backend import migrate
-from web_backend.bodies import BodyLimit
-from web_backend.db import keep_private, make_engine, make_session_factory
-from web_backend.dispatcher import Dispatcher
-from web_backend.errors import install_error_handlers
-from web_backend.feed_sources import (
+from web_backend.api.errors import install_error_handlers
+from web_backend.api.openapi import install_openapi, operation_id
+from web_backend.api.routes import admin, auth, jobs, samples, system, users
+from web_backend.api.submission import MAX_SUBMISSION_BYTES
+from web_backend.asgi.admission import Admission, ConcurrencyLimit
+from web_backend.asgi.bodies import BodyLimit
+from web_backend.asgi.logs import RequestIdMiddleware
+from web_backend.asgi.security_headers import SecurityHeaders
+from web_backend.core import migrate
+from web_backend.core.background import Background, running
+from web_backend.core.changes import JobsHeard, LoginsHeard, announce_commits
+from web_backend.core.db import keep_private, make_engine, make_session_factory
+from web_backend.core.metrics import Metrics
+from web_backend.core.ratelimit import RateLimiter
+from web_backend.core.security import TokenError, VerifiedTokens
+from web_backend.core.settings import WebSettings
+from web_backend.core.storage import LocalBlobStore
+from web_backend.jobs.dispatcher import Dispatcher
+from web_backend.jobs.eta import Throughput
+from web_backend.jobs.ml_client import MLClient, NoMLClient, ml_client_from_settings
+from web_backend.jobs.submit import Submissions
+from web_backend.jobs.views import JobViewer, job_columns
+from web_backend.live.feed import JobFeed, JobView, Visible, visible_state
+from web_backend.live.kept_views import KeptViews
+from web_backend.live.login_cache import LoginCache
+from web_backend.live.sources import (
     ChangeSource,
     FeedKind,
     PollChanges,
     PostgresChanges,
     RedisChanges,
-    announce_job_commits,
     publish_each,
+    publish_users,
     redis_publisher,
     resolve_feed_kind,
 )
-from web_backend.job_feed import JobFeed, JobView, Visible, visible_state
-from web_backend.jobs import job_columns, job_views
-from web_backend.kept_views import KeptViews
-from web_backend.login_cache import LoginCache, announce_login_changes
-from web_backend.logs import RequestIdMiddleware
-from web_backend.metrics import Metrics
-from web_backend.middleware import Admission, ConcurrencyLimit
-from web_backend.ml_client import MLClient, NoMLClient, ml_client_from_settings
-from web_backend.onnx_samples import OnnxSampler
-from web_backend.openapi import install_openapi, operation_id
-from web_backend.ratelimit import RateLimiter
-from web_backend.routes import admin, auth, jobs, samples, system, users
-from web_backend.security import TokenError, VerifiedTokens
-from web_backend.security_headers import SecurityHeaders
+from web_backend.live.streams import StreamGate
+from web_backend.samples.cache import SampleCache
+from web_backend.samples.onnx import OnnxSampler
 from web_backend.services import Services
-from web_backend.settings import WebSettings
-from web_backend.storage import LocalBlobStore
-from web_backend.streams import StreamGate
-from web_backend.submission import MAX_SUBMISSION_BYTES
-from web_backend.webhook_sender import WebhookSender
+from web_backend.webhooks.sender import WebhookSender
 
-__all__ = ["build_services", "create_app", "create_app_from_env"]
+__all__ = ["build_services", "create_app", "create_app_from_env", "make_dispatcher",
+           "make_webhook_sender"]
 
 log = logging.getLogger(__name__)
 STATIC_DIR = Path(__file__).parent / "static"
@@ -72,22 +78,31 @@ def build_services(settings: WebSettings, ml_client: MLClient | None = None) -> 
     views = KeptViews()
     publish = redis_publisher(redis_url) if feed_kind == "redis" and redis_url else None
     # this process's reads see its own writes at once; Redis tells the others
-    on_job_commit: list[Callable[[frozenset[str]], None]] = [views.forget]
+    on_jobs: list[JobsHeard] = [views.forget]
+    on_logins: list[LoginsHeard] = [logins.forget_users]
     if publish is not None:
-        on_job_commit.append(publish_each(publish))
+        on_jobs.append(publish_each(publish))
+        on_logins.append(publish_users(publish))
     for factory in (session_factory, write_session_factory):
-        announce_job_commits(factory, *on_job_commit)
-        announce_login_changes(factory, logins, publish)
+        announce_commits(factory, jobs=on_jobs, logins=on_logins)
+    storage = LocalBlobStore(settings.data.dir / "blobs")
+    limiter = RateLimiter(settings.data.redis_url)
+    throughput = Throughput(capacity=settings.ml.slots,
+                            default_job_s=settings.ml.default_job_seconds)
     services = Services(
         settings=settings, engine=engine, session_factory=session_factory,
         metrics=Metrics(session_factory), write_session_factory=write_session_factory,
-        signing_key=signing_key, limiter=RateLimiter(settings.data.redis_url),
-        storage=LocalBlobStore(settings.data.dir / "blobs"),
+        signing_key=signing_key, limiter=limiter, storage=storage,
         ml=ml_client if ml_client is not None else ml_client_from_settings(settings.ml),
-        ml_capacity=settings.ml.slots,
+        throughput=throughput,
+        job_viewer=JobViewer(signing_key=signing_key, link_ttl_s=settings.auth.signed_url_ttl_s,
+                             throughput=throughput),
+        submissions=Submissions(limiter=limiter, defaults=settings.limits, storage=storage,
+                                throughput=throughput),
         streams=StreamGate(per_user=settings.http.max_streams_per_user,
                            total=settings.http.max_streams),
         logins=logins, tokens=VerifiedTokens(signing_key), views=views,
+        sample_cache=SampleCache(settings.samples.cache_size),
     )
     services.feed = _job_feed(services, feed_kind)
     if settings.samples.onnx is not None:
@@ -104,7 +119,7 @@ def _job_feed(services: Services, kind: FeedKind) -> JobFeed:
     def load(job_ids: frozenset[str]) -> dict[str, JobView | None]:
         with services.session_factory() as session:
             return {job_id: JobView(*view) if view is not None else None
-                    for job_id, view in job_views(session, services, job_ids).items()}
+                    for job_id, view in services.job_viewer.views(session, job_ids).items()}
 
     feed: JobFeed
     source: ChangeSource
@@ -115,6 +130,7 @@ def _job_feed(services: Services, kind: FeedKind) -> JobFeed:
     else:
         source = PollChanges(services.session_factory, lambda: feed.watching or _cached(),
                              interval_s=settings.feed.poll_s)
+
     def load_visible(job_ids: frozenset[str]) -> dict[str, Visible]:
         with services.session_factory() as session:
             return {job_id: visible_state(status=status, step=step, total=total, score=score,
@@ -133,22 +149,40 @@ def _job_feed(services: Services, kind: FeedKind) -> JobFeed:
     return feed
 
 
-def _report_dispatcher_exit(task: asyncio.Task[None]) -> None:
-    if not task.cancelled() and task.exception() is not None:
-        log.critical("the dispatcher stopped: jobs will wait until this process restarts",
-                     exc_info=task.exception())
+def make_dispatcher(services: Services, ml: MLClient | None = None, *,
+                    capacity: int | None = None) -> Dispatcher:
+    """A dispatcher for ``services``' database and storage (``ml``: default theirs)."""
+    return Dispatcher(sessions=services.write_session_factory, storage=services.storage,
+                      ml=services.ml if ml is None else ml, settings=services.settings.dispatch,
+                      throughput=services.throughput, metrics=services.metrics,
+                      capacity=capacity)
 
 
-def _report_feed_exit(task: asyncio.Task[None]) -> None:
-    if not task.cancelled() and task.exception() is not None:
-        log.critical("the job feed stopped: event streams will not see changes until this "
-                     "process restarts", exc_info=task.exception())
+def make_webhook_sender(services: Services, *,
+                        transport: httpx.AsyncBaseTransport | None = None) -> WebhookSender:
+    """A webhook sender for ``services``' database, signing each job's current view."""
+    return WebhookSender(sessions=services.session_factory,
+                         write_sessions=services.write_session_factory,
+                         settings=services.settings.webhooks,
+                         allow_http=services.settings.env == "dev",
+                         payload=services.job_viewer.payload, transport=transport)
 
 
-def _report_sender_exit(task: asyncio.Task[None]) -> None:
-    if not task.cancelled() and task.exception() is not None:
-        log.critical("the webhook sender stopped: webhooks wait until this process restarts",
-                     exc_info=task.exception())
+def _background(app: FastAPI, services: Services) -> list[Background]:
+    """What runs beside the API, in start order: the feed first (streams and caches
+    need it), the dispatcher when there is an ML side, the webhook sender unless off."""
+    settings = services.settings
+    workers = [Background("job feed", services.feed, "event streams and caches will not "
+                          "see changes until this process restarts")]
+    if settings.dispatch.enabled and not isinstance(services.ml, NoMLClient):
+        app.state.dispatcher = make_dispatcher(services)
+        workers.append(Background("dispatcher", app.state.dispatcher,
+                                  "jobs will wait until this process restarts"))
+    if settings.webhooks.enabled:
+        app.state.webhook_sender = make_webhook_sender(services)
+        workers.append(Background("webhook sender", app.state.webhook_sender,
+                                  "webhooks wait until this process restarts"))
+    return workers
 
 
 def create_app(settings: WebSettings | None = None, *, ml_client: MLClient | None = None,
@@ -169,41 +203,16 @@ def create_app(settings: WebSettings | None = None, *, ml_client: MLClient | Non
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        """Run the dispatcher beside the API when there is an ML side to send jobs to, and
-        the webhook sender unless turned off."""
-        task = sender_task = None
-        stack = contextlib.ExitStack()
+        """The background workers run while the app serves; a signal also wakes streams."""
         loop = asyncio.get_running_loop()
 
         def wake_streams() -> None:  # from the signal handler: only schedule
             loop.call_soon_threadsafe(services.feed.close)
 
-        stack.enter_context(services.streams.closing_on_signals(on_close=wake_streams))
-        feed = asyncio.create_task(services.feed.run(), name="job-feed")
-        feed.add_done_callback(_report_feed_exit)
-        if settings.dispatch.enabled and not isinstance(services.ml, NoMLClient):
-            app.state.dispatcher = Dispatcher(services, services.ml)
-            task = asyncio.create_task(app.state.dispatcher.run(), name="dispatcher")
-            task.add_done_callback(_report_dispatcher_exit)
-        if settings.webhooks.enabled:
-            app.state.webhook_sender = WebhookSender(services)
-            sender_task = asyncio.create_task(app.state.webhook_sender.run(),
-                                              name="webhook-sender")
-            sender_task.add_done_callback(_report_sender_exit)
-        try:
-            yield
-        finally:
-            stack.close()
-            if task is not None:
-                app.state.dispatcher.stop()
-                await task
-            if sender_task is not None:
-                app.state.webhook_sender.stop()
-                await asyncio.gather(sender_task, return_exceptions=True)  # logged
-            services.feed.close()
-            feed.cancel()
-            await asyncio.gather(feed, return_exceptions=True)  # a failure was logged
-            services.engine.dispose()
+        with services.streams.closing_on_signals(on_close=wake_streams):
+            async with running(_background(app, services)):
+                yield
+        services.engine.dispose()
 
     app = FastAPI(title="clipgan", version="0.1.0", lifespan=lifespan,
                   description="Text to anime images: accounts, jobs and results.",
@@ -231,11 +240,11 @@ def create_app(settings: WebSettings | None = None, *, ml_client: MLClient | Non
         """Browsers and bookmark tools ask here whatever the page's <link rel=icon> says."""
         return FileResponse(STATIC_DIR / "favicon.svg", media_type="image/svg+xml")
 
-    # below the 40 threadpool threads and the 50 pooled connections (see middleware.py)
+    # below the 40 threadpool threads and the 50 pooled connections (see asgi/admission.py)
     app.state.admission = Admission(settings.http.max_concurrent_requests)
     app.add_middleware(ConcurrencyLimit, limit=settings.http.max_concurrent_requests,
                        exempt_suffixes=("/events", "/healthz"), admission=app.state.admission)
-    # bodies are read before a slot is taken (see bodies.py)
+    # bodies are read before a slot is taken (see asgi/bodies.py)
     app.add_middleware(BodyLimit, limit=settings.http.max_body_bytes,
                        timeout_s=settings.http.body_timeout_s,
                        uploads={("POST", "/v1/jobs"): MAX_SUBMISSION_BYTES},

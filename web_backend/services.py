@@ -1,24 +1,31 @@
-"""Everything a request handler needs, built once per app by create_app (no globals)."""
+"""Everything a request handler needs, built once per app by create_app (no globals).
+
+Routes take what they need from here and hand domain code only that: the domain
+packages never see this container.
+"""
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from dataclasses import dataclass, field
 
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from web_backend.job_feed import JobFeed
-from web_backend.kept_views import KeptViews
-from web_backend.login_cache import LoginCache
-from web_backend.metrics import Metrics
-from web_backend.ml_client import MLClient
-from web_backend.onnx_samples import OnnxSampler
-from web_backend.ratelimit import RateLimiter
-from web_backend.security import VerifiedTokens
-from web_backend.settings import WebSettings
-from web_backend.storage import BlobStore
-from web_backend.streams import StreamGate
+from web_backend.core.metrics import Metrics
+from web_backend.core.ratelimit import RateLimiter
+from web_backend.core.security import VerifiedTokens
+from web_backend.core.settings import WebSettings
+from web_backend.core.storage import BlobStore
+from web_backend.jobs.eta import Throughput
+from web_backend.jobs.ml_client import MLClient
+from web_backend.jobs.submit import Submissions
+from web_backend.jobs.views import JobViewer
+from web_backend.live.feed import JobFeed
+from web_backend.live.kept_views import KeptViews
+from web_backend.live.login_cache import LoginCache
+from web_backend.live.streams import StreamGate
+from web_backend.samples.cache import SampleCache
+from web_backend.samples.onnx import OnnxSampler
 
 __all__ = ["Services"]
 
@@ -34,13 +41,13 @@ class Services:
     storage: BlobStore
     ml: MLClient
     metrics: Metrics
-    ml_capacity: int                              # jobs the ML side runs at once (ETAs, dispatch)
+    throughput: Throughput                        # jobs the ML side runs at once, job time
+    job_viewer: JobViewer                         # how a job looks (links, ETA)
+    submissions: Submissions                      # new jobs under the account's limits
     streams: StreamGate                           # open /events streams in this process
     logins: LoginCache                            # live logins, while the feed hears changes
     tokens: VerifiedTokens                        # access tokens whose signature was checked
     views: KeptViews                              # job views a status read needs no query for
+    sample_cache: SampleCache                     # (model, seed, psi) -> PNG, small LRU
     feed: JobFeed = field(init=False)             # job changes, fanned out to those streams
-    average_job_s: tuple[float, float] | None = None  # the ETA unit and when it was read
     onnx_samples: OnnxSampler | None = None       # samples rendered here (CLIPGAN_SAMPLE_ONNX)
-    sample_cache: OrderedDict[tuple[str, int, float | None], bytes] = field(
-        default_factory=OrderedDict)  # (model, seed, psi) -> PNG; small LRU per process

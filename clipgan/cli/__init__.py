@@ -25,7 +25,7 @@ app = typer.Typer(no_args_is_help=True, add_completion=False,
 @app.callback()
 def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
          ) -> None:
-    from web_backend.logs import configure_logging
+    from web_backend.asgi.logs import configure_logging
 
     configure_logging(json_format=os.environ.get("CLIPGAN_LOG_FORMAT", "text") == "json",
                       level=logging.DEBUG if verbose else logging.INFO)

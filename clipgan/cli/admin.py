@@ -22,7 +22,7 @@ users_app = typer.Typer(no_args_is_help=True, help="User accounts.")
 def db_upgrade(revision: Annotated[str, typer.Argument(help="Target revision.")] = "head",
                ) -> None:
     """Create or update every table (SQLite or PostgreSQL, from CLIPGAN_DATABASE_URL)."""
-    from web_backend import migrate
+    from web_backend.core import migrate
 
     url = data_settings().resolved_database_url
     migrate.upgrade(url, revision)
@@ -32,7 +32,7 @@ def db_upgrade(revision: Annotated[str, typer.Argument(help="Target revision.")]
 @db_app.command("downgrade")
 def db_downgrade(revision: Annotated[str, typer.Argument(help="Target revision.")]) -> None:
     """Undo migrations down to REVISION ('base' removes every table)."""
-    from web_backend import migrate
+    from web_backend.core import migrate
 
     url = data_settings().resolved_database_url
     migrate.downgrade(url, revision)
@@ -50,10 +50,11 @@ def users_create(
     """Create an account (the first administrator, for instance)."""
     from pydantic import ValidationError
 
-    from web_backend import accounts, migrate
-    from web_backend.db import make_engine, make_session_factory
-    from web_backend.errors import ServiceError
-    from web_backend.schemas import UserCreate
+    from web_backend.accounts import service as accounts
+    from web_backend.accounts.schemas import UserCreate
+    from web_backend.core import migrate
+    from web_backend.core.db import make_engine, make_session_factory
+    from web_backend.core.errors import ServiceError
 
     if password is None:
         password = typer.prompt("password", hide_input=True, confirmation_prompt=True)

@@ -14,7 +14,7 @@ if TYPE_CHECKING:
     from pydantic import ValidationError
 
     from ml_backend.protocol import GenerationRequest
-    from web_backend.settings import DataSettings, WebSettings
+    from web_backend.core.settings import DataSettings, WebSettings
 
 err = Console(stderr=True)
 Opt = typer.Option
@@ -38,7 +38,7 @@ def settings_problems(exc: ValidationError) -> str:
 def web_settings() -> WebSettings:
     from pydantic import ValidationError
 
-    from web_backend.settings import WebSettings
+    from web_backend.core.settings import WebSettings
 
     try:
         return WebSettings()
@@ -50,7 +50,7 @@ def data_settings() -> DataSettings:
     """Only where data lives: commands that sign nothing do not need the secret key."""
     from pydantic import ValidationError
 
-    from web_backend.settings import DataSettings
+    from web_backend.core.settings import DataSettings
 
     try:
         return DataSettings()

@@ -59,7 +59,7 @@ def serve(
     from ml_backend.local_cluster import GeneratorMode, LocalClusterError, local_generator
     from ml_backend.settings import MLSettings
     from web_backend.app import create_app
-    from web_backend.ml_client import HandleMLClient
+    from web_backend.jobs.ml_client import HandleMLClient
 
     try:
         mode = GeneratorMode(generator)
@@ -89,9 +89,8 @@ def dispatcher(
     import asyncio
     import signal
 
-    from web_backend.app import build_services
-    from web_backend.dispatcher import Dispatcher
-    from web_backend.ml_client import NoMLClient
+    from web_backend.app import build_services, make_dispatcher
+    from web_backend.jobs.ml_client import NoMLClient
 
     settings = web_settings()
     if settings.ml.transport == "none":
@@ -99,7 +98,7 @@ def dispatcher(
     services = build_services(settings)
     if isinstance(services.ml, NoMLClient):  # pragma: no cover (settings said otherwise)
         fail("no ML side configured")
-    worker = Dispatcher(services, services.ml, capacity=capacity)
+    worker = make_dispatcher(services, capacity=capacity)
 
     async def main() -> None:
         loop = asyncio.get_running_loop()

@@ -4,7 +4,7 @@ Revision ID: 0004
 Revises: 0003
 Create Date: 2026-11-23 02:30:00
 
-Every web process follows job changes through one feed (web_backend/job_feed.py).
+Every web process follows job changes through one feed (web_backend/live/feed.py).
 On PostgreSQL the database itself announces them: a trigger calls pg_notify in the
 transaction that changed the row, so a notification is delivered only once the
 change is committed and visible, whoever wrote it (a dispatcher, an operator's SQL).
@@ -20,7 +20,7 @@ down_revision = "0003"
 branch_labels = None
 depends_on = None
 
-CHANNEL = "clipgan_jobs"  # web_backend.feed_sources.PG_CHANNEL
+CHANNEL = "clipgan_jobs"  # web_backend.live.sources.PG_CHANNEL
 
 # what a watcher of a job can see; a change to anything else (the lease) stays quiet
 _SEEN = ("status", "progress_step", "progress_total", "score", "preview_key", "result_key",

@@ -4,7 +4,7 @@ Revision ID: 0006
 Revises: 0005
 Create Date: 2026-11-23 12:00:00
 
-Each web process keeps the logins it has checked (web_backend/login_cache.py) so a
+Each web process keeps the logins it has checked (web_backend/live/login_cache.py) so a
 status read needs no query. That cache is only as good as its invalidation: every
 logout, revocation, password change, disable or enable must reach every process at
 once. They travel the way job changes do (0004): on PostgreSQL a trigger notifies
@@ -21,7 +21,7 @@ down_revision = "0005"
 branch_labels = None
 depends_on = None
 
-CHANNEL = "clipgan_jobs"  # web_backend.feed_sources.PG_CHANNEL; payload 'user:<id>'
+CHANNEL = "clipgan_jobs"  # web_backend.live.sources.PG_CHANNEL; payload 'user:<id>'
 
 
 def upgrade() -> None:

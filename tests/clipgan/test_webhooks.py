@@ -22,10 +22,11 @@ from standardwebhooks.webhooks import Webhook
 from clipgan.webhooks import Receiver, WebhookVerificationError, verify
 from tests.servers import free_port
 from tests.web_backend.helpers import SECRET, Account
-from web_backend import migrate, queue
 from web_backend.app import create_app
-from web_backend.models import JobStatus
-from web_backend.settings import WebSettings
+from web_backend.core import migrate
+from web_backend.core.models import JobStatus
+from web_backend.core.settings import WebSettings
+from web_backend.jobs import queue
 
 SIGNING = "whsec_" + "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 

@@ -12,9 +12,9 @@ from fastapi.testclient import TestClient
 
 from tests.infra import fresh_postgres_database, require_redis
 from tests.web_backend.helpers import SECRET, Account
-from web_backend import migrate
 from web_backend.app import create_app
-from web_backend.settings import WebSettings
+from web_backend.core import migrate
+from web_backend.core.settings import WebSettings
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -62,7 +62,7 @@ def wait_for(account: Account, job_id: str, predicate: Callable[[dict], bool],
 
 
 def make_admin(app: FastAPI, account: Account) -> Account:
-    from web_backend.models import User
+    from web_backend.core.models import User
 
     with app.state.services.session_factory() as session:
         session.get(User, account.id).is_admin = True

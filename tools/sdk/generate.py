@@ -7,7 +7,7 @@ Writes ``sdk/python/clipgan_api_client`` (openapi-python-client, config beside t
 file) and ``sdk/typescript`` (@hey-api/openapi-ts, versions pinned in this folder's
 package-lock.json, installed with ``npm ci`` into ``sdk/.npm``). Exits 1 when either
 generator warns: a warning means a part of the API the client silently lacks, which
-is why the contract test (tests/web_backend/test_openapi_sdks.py) runs this too.
+is why the contract test (tests/web_backend/api/test_openapi_sdks.py) runs this too.
 """
 
 from __future__ import annotations

@@ -1,0 +1,87 @@
+"""Bodies of the account routes: registering, signing in, tokens, limits, passwords."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, EmailStr, Field
+
+from web_backend.core.schemas import UTCDatetime
+
+__all__ = ["USERNAME_PATTERN", "Limits", "LimitsUpdate", "PasswordChange", "RefreshRequest",
+           "SignInForm", "TokenPair", "UserCreate", "UserDetail", "UserOut"]
+
+USERNAME_PATTERN = r"^[A-Za-z0-9_.-]{3,32}$"
+
+
+class UserCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"username": "alice", "email": "alice@example.com", "password": "correct horse"}]})
+
+    username: str = Field(pattern=USERNAME_PATTERN, description="3-32 of A-Z a-z 0-9 _ . -")
+    email: EmailStr = Field(max_length=254, description="Checked by email-validator.")
+    password: str = Field(min_length=8, max_length=1024)
+
+
+class UserOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    username: str
+    email: str
+    is_admin: bool
+    is_active: bool
+    created_at: UTCDatetime
+
+
+class Limits(BaseModel):
+    submissions_per_minute: int
+    max_active_jobs: int
+    daily_images: int
+
+
+class UserDetail(UserOut):
+    limits: Limits
+
+
+class LimitsUpdate(BaseModel):
+    """null resets a limit to the service default."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"submissions_per_minute": 30, "max_active_jobs": 4, "daily_images": None}]})
+
+    submissions_per_minute: int | None = Field(None, ge=1, le=10_000)
+    max_active_jobs: int | None = Field(None, ge=1, le=1000)
+    daily_images: int | None = Field(None, ge=1, le=1_000_000)
+
+
+class PasswordChange(BaseModel):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"current_password": "correct horse", "new_password": "battery staple"}]})
+
+    current_password: str = Field(min_length=1, max_length=1024)
+    new_password: str = Field(min_length=8, max_length=1024)
+
+
+class RefreshRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"refresh_token": "r1.4f0c…"}]})
+
+    refresh_token: str = Field(min_length=1, max_length=512)
+
+
+class TokenPair(BaseModel):
+    access_token: str
+    token_type: str = "bearer"  # noqa: S105 (the OAuth2 token type, not a secret)
+    expires_in: int
+    refresh_token: str
+
+
+class SignInForm(BaseModel):
+    """The OAuth2 password grant as a form (what Swagger's "Authorize" and OAuth2
+    libraries send); extra OAuth2 fields (scope, client_id) are accepted and ignored."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"username": "alice", "password": "correct horse"}]})
+
+    grant_type: str | None = Field(None, pattern="^password$")
+    username: str = Field(min_length=1, max_length=254)
+    password: str = Field(min_length=1, max_length=1024)

@@ -1,0 +1,71 @@
+"""Administration: users, their access and their limits."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Path, Query
+from sqlalchemy import select
+
+from web_backend.accounts import service as accounts
+from web_backend.accounts.schemas import LimitsUpdate, UserDetail
+from web_backend.api.deps import AdminUser, ServicesDep, SessionDep
+from web_backend.api.openapi import refusals
+from web_backend.core.errors import NotFound
+from web_backend.core.models import User
+
+__all__ = ["router"]
+
+router = APIRouter(prefix="/v1/admin", tags=["admin"])
+
+UserId = Annotated[int, Path(ge=1, le=2**31 - 1, description="A user's id.")]
+
+
+def get_user(_: AdminUser, session: SessionDep, user_id: UserId) -> User:
+    """The user a route acts on; only after the caller is known to be an administrator,
+    so nobody else can probe which ids exist."""
+    user = session.get(User, user_id)
+    session.commit()  # see deps.get_session
+    if user is None:
+        raise NotFound(f"no user {user_id}")
+    return user
+
+
+TargetUser = Annotated[User, Depends(get_user)]
+
+
+@router.get("/users", response_model=list[UserDetail], responses=refusals(401, 403))
+def list_users(_: AdminUser, session: SessionDep, services: ServicesDep,
+               offset: int = Query(0, ge=0, le=10**9), limit: int = Query(50, ge=1, le=500),
+               ) -> list[UserDetail]:
+    """Every account, by id."""
+    users = session.scalars(select(User).order_by(User.id).offset(offset).limit(limit))
+    return [accounts.user_detail(u, services.settings.limits) for u in users]
+
+
+@router.post("/users/{user_id}/disable", response_model=UserDetail,
+             responses=refusals(401, 403, 404, 409, described={
+                 409: "You cannot disable your own account."}))
+def disable_user(user: TargetUser, admin: AdminUser, session: SessionDep,
+                 services: ServicesDep) -> UserDetail:
+    """Disable an account; its tokens stop working on the next request."""
+    accounts.set_active(session, user=user, active=False, by=admin)
+    return accounts.user_detail(user, services.settings.limits)
+
+
+@router.post("/users/{user_id}/enable", response_model=UserDetail,
+             responses=refusals(401, 403, 404))
+def enable_user(user: TargetUser, admin: AdminUser, session: SessionDep,
+                services: ServicesDep) -> UserDetail:
+    """Enable an account again (its owner signs in anew)."""
+    accounts.set_active(session, user=user, active=True, by=admin)
+    return accounts.user_detail(user, services.settings.limits)
+
+
+@router.put("/users/{user_id}/limits", response_model=UserDetail,
+             responses=refusals(401, 403, 404, 422))
+def set_limits(user: TargetUser, body: LimitsUpdate, _: AdminUser, session: SessionDep,
+               services: ServicesDep) -> UserDetail:
+    """Override a user's limits; null resets one to the service default."""
+    accounts.set_limits(session, user=user, limits=body)
+    return accounts.user_detail(user, services.settings.limits)

@@ -1,0 +1,239 @@
+"""Submit, follow, download and cancel jobs."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+import weakref
+from collections.abc import AsyncIterator, Callable
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Query, Request, Response
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import StreamingResponse
+
+from web_backend.api.deps import (
+    AccessClaimsDep,
+    CurrentUser,
+    JobId,
+    OwnedJob,
+    ServicesDep,
+    SessionDep,
+    StreamAccessDep,
+    job_by_token_or_link,
+    owned_job,
+)
+from web_backend.api.openapi import EVENT_STREAM, JOB_SUBMISSION, PNG, refusals
+from web_backend.api.submission import Submission
+from web_backend.core.errors import Conflict, NotFound, ServiceUnavailable
+from web_backend.core.models import Job, JobStatus
+from web_backend.core.security import AccessClaims
+from web_backend.jobs import queue
+from web_backend.jobs.schemas import JobOut, JobPage
+from web_backend.live.feed import JobView, Watch
+from web_backend.live.kept_views import KeptView
+from web_backend.services import Services
+
+__all__ = ["router"]
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+
+SSE_HEARTBEAT_S = 15.0
+FIRST_READ_TIMEOUT_S = 5.0
+
+
+@router.post("", status_code=202, response_model=JobOut, openapi_extra=JOB_SUBMISSION,
+             responses=refusals(401, 403, 409, 415, 422, 429, described={
+                 409: "This Idempotency-Key was used for a different request.",
+                 429: "Submissions per minute, active jobs or the daily quota reached."}))
+def submit(body: Submission, request: Request, response: Response, user: CurrentUser,
+               session: SessionDep, services: ServicesDep,
+               idempotency_key: Annotated[str | None, Header(
+                   min_length=1, max_length=128,
+                   description="Retrying with the same key returns the same job.")] = None,
+               ) -> JobOut:
+    """Queue a picture (JSON, or multipart with an image file); 202 with its place in line."""
+    job, replayed = services.submissions.submit(session, user, body, idempotency_key)
+    if replayed:
+        response.headers["Idempotent-Replayed"] = "true"
+    elif (dispatcher := request.app.state.dispatcher) is not None:
+        dispatcher.wake()  # start it now rather than at the next poll
+    return services.job_viewer.out(session, job)
+
+
+@router.get("", name="list", response_model=JobPage, responses=refusals(400, 401, 403))
+def list_jobs(
+    user: CurrentUser, session: SessionDep, services: ServicesDep,
+    status: Annotated[JobStatus | None, Query(description="Only jobs in this status.")] = None,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    cursor: Annotated[str | None, Query(max_length=200)] = None,
+) -> JobPage:
+    """Your jobs, newest first, a page at a time."""
+    return services.job_viewer.page(session, user, status=status, limit=limit, cursor=cursor)
+
+
+@router.get("/{job_id}", name="get", response_model=JobOut, responses=refusals(401, 403, 404))
+async def get_job(job_id: JobId, claims: AccessClaimsDep, services: ServicesDep) -> Response:
+    """A job's status, progress, timings, error and signed links."""
+    body = _kept_job_json(services, claims, job_id)
+    if body is None:
+        body = await run_in_threadpool(_job_json, services, claims, job_id)
+    return Response(body, media_type="application/json")
+
+
+def _kept_job_json(services: Services, claims: AccessClaims, job_id: str) -> bytes | None:
+    """A job whose view this process keeps, read by a login it checked: no query and no
+    thread hop (None: ask the database)."""
+    if not services.logins.live(claims.session_id, claims.user_id):
+        return None
+    kept = services.views.get(job_id)
+    if kept is None:
+        return None
+    if kept.owner_id != claims.user_id:  # as the database would answer: like a missing job
+        raise NotFound(f"no job {job_id}")
+    return _with_links(services, kept)
+
+
+def _with_links(services: Services, kept: KeptView) -> bytes:
+    links = services.job_viewer.signed_links(kept.job_id, image=kept.has_image,
+                                             preview=kept.has_preview, not_after=None)
+    return kept.body(json.dumps(links, separators=(",", ":")).encode())
+
+
+def _job_json(services: Services, claims: AccessClaims, job_id: str) -> bytes:
+    """One thread hop, one query for login and job (more only for what the job needs:
+    the queue position of a queued one, the deliveries of its webhook), serialised once.
+    Fills the login cache and the kept views."""
+    read_at = services.views.generation()  # before the query: a change heard since wins
+    with services.session_factory() as session:
+        job = owned_job(session, claims, job_id, services.logins)
+        out, owner_id = services.job_viewer.out(session, job), job.user_id
+    kept = services.views.put(owner_id, out, read_at=read_at)
+    if kept is not None:  # serialised once, into the kept view
+        return _with_links(services, kept)
+    return out.model_dump_json().encode()
+
+
+@router.delete("/{job_id}", response_model=JobOut, responses=refusals(401, 403, 404))
+def cancel(job: OwnedJob, session: SessionDep, services: ServicesDep) -> JobOut:
+    """Cancel (idempotent): a queued job at once, a running one within a search step."""
+    return services.job_viewer.out(session, queue.cancel(session, job=job))
+
+
+def _file_response(request: Request, services: Services, key: str | None, what: str,
+                   job: Job) -> Response:
+    if key is None:
+        missing = NotFound if what == "preview" else Conflict
+        raise missing(f"job {job.id} has no {what} yet (status: {job.status})")
+    etag = f'"{key.partition(".")[0]}"'
+    headers = {"ETag": etag, "Cache-Control": "private, max-age=86400, immutable"}
+    if request.headers.get("if-none-match") == etag:
+        return Response(status_code=304, headers=headers)
+    return Response(services.storage.get(key), media_type="image/png", headers=headers)
+
+
+@router.get("/{job_id}/image", response_class=Response, responses={
+    **PNG, 304: {"description": "Unchanged since the ETag sent in If-None-Match."},
+    **refusals(401, 403, 404, 409, described={409: "The job has not succeeded (yet)."})})
+def image(request: Request, services: ServicesDep,
+          job: Annotated[Job, job_by_token_or_link("image")]) -> Response:
+    """The finished PNG: the owner's bearer token, or the signed ``image_url``."""
+    return _file_response(request, services, job.result_key, "image", job)
+
+
+@router.get("/{job_id}/preview", response_class=Response, responses={
+    **PNG, 304: {"description": "Unchanged since the ETag sent in If-None-Match."},
+    **refusals(401, 403, 404, described={404: "No such job, or no preview yet."})})
+def preview(request: Request, services: ServicesDep,
+            job: Annotated[Job, job_by_token_or_link("preview")]) -> Response:
+    """The latest preview PNG of a running job."""
+    return _file_response(request, services, job.preview_key, "preview", job)
+
+
+@router.get("/{job_id}/events", response_class=StreamingResponse, responses={
+    **EVENT_STREAM, **refusals(401, 403, 404, 429, 503, described={
+        429: "Too many open streams for this account or this server."})})
+async def events(access: StreamAccessDep, services: ServicesDep,
+                 last_event_id: Annotated[int | None, Header(
+                     ge=0, le=2**31, description=(
+                         "Sent by browsers when they reconnect: the `id` of the last event "
+                         "received. Progress at or below it is not sent again."))] = None,
+                 ) -> StreamingResponse:
+    """Live server-sent events ``status``, ``progress``, ``preview``, then ``done``.
+
+    Each event's ``id`` is the job's progress step. A stream starts with a ``status``
+    event carrying the whole job, and costs the server nothing while the job is idle.
+    """
+    watch = services.feed.subscribe(access.job_id)
+    try:
+        try:
+            view = await asyncio.wait_for(watch.ready(), FIRST_READ_TIMEOUT_S)
+        except TimeoutError:
+            raise ServiceUnavailable("the database is not answering; retry shortly",
+                                     retry_after_s=5) from None
+        if view is None:
+            raise NotFound(f"no job {access.job_id}")
+        access.check(view.owner_id, view.owner_active)
+        release = services.streams.admit(view.owner_id)  # 429 before the response starts
+    except BaseException:
+        watch.close()
+        raise
+    events = _job_events(services, watch, access.expires_at, last_event_id, release)
+    weakref.finalize(events, release)  # a stream never started still gives its place back
+    weakref.finalize(events, watch.close)
+    return StreamingResponse(events, media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+def _event(name: str, out: JobOut) -> str:
+    return f"id: {out.progress.step}\nevent: {name}\ndata: {out.model_dump_json()}\n\n"
+
+
+async def _job_events(services: Services, watch: Watch, expires_at: int,
+                      last_event_id: int | None, release: Callable[[], None],
+                      ) -> AsyncIterator[str]:
+    """Ends when the job does, the client leaves (Starlette cancels it), the credential
+    that opened it expires (the page then asks for a fresh link) or the server stops."""
+    try:
+        shown: JobView | None = None
+        floor = -1 if last_event_id is None else last_event_id  # progress already sent
+        beat = time.monotonic()
+        while not (services.feed.closing or services.streams.closing):
+            watch.changed.clear()
+            view = watch.view
+            if view is None:  # deleted with its account
+                yield "event: done\ndata: {}\n\n"
+                return
+            if view is not shown:
+                out = services.job_viewer.relinked(view.out, expires_at)
+                step, sent = out.progress.step, []
+                if shown is None or shown.out.status != out.status:
+                    sent.append(_event("status", out))  # the whole job, progress included
+                    floor = max(step, floor) if shown is None else step
+                elif step > floor:
+                    sent.append(_event("progress", out))
+                    floor = step
+                if view.preview_key is not None and \
+                        (shown is None or shown.preview_key != view.preview_key):
+                    sent.append(_event("preview", out))
+                if JobStatus(out.status).terminal:
+                    yield "".join([*sent, _event("done", out)])
+                    return
+                shown = view
+                if sent:
+                    yield "".join(sent)
+                    beat = time.monotonic()
+            if time.time() >= expires_at:
+                return
+            wait_s = min(beat + SSE_HEARTBEAT_S - time.monotonic(), expires_at - time.time())
+            if wait_s <= 0:
+                yield ": keep-alive\n\n"
+                beat = time.monotonic()
+                continue
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(watch.changed.wait(), wait_s)
+    finally:
+        watch.close()
+        release()  # the stream's place under the caps, however it ended

@@ -1,0 +1,197 @@
+"""Database tables (SQLAlchemy 2 typed models). Alembic migrations create them."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Enum,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+    func,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+NAMING_CONVENTION = {  # stable constraint names, so migrations can drop them on any database
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+__all__ = ["AuthSession", "Base", "DeliveryStatus", "Job", "JobStatus", "RefreshToken", "User",
+           "WebhookDelivery", "utcnow"]
+
+
+class JobStatus(StrEnum):
+    """Where a job is. Only :mod:`web_backend.jobs.queue` moves a job between them."""
+
+    queued = "queued"          # waiting for a dispatcher (maybe until available_at)
+    running = "running"        # claimed under a lease; the ML side is working on it
+    succeeded = "succeeded"    # its picture is stored (result_key)
+    failed = "failed"          # with a reason in error
+    cancelled = "cancelled"    # by its owner
+
+    @property
+    def active(self) -> bool:
+        return self in (JobStatus.queued, JobStatus.running)
+
+    @property
+    def terminal(self) -> bool:
+        return not self.active
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class User(Base):
+    __tablename__ = "users"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    username: Mapped[str] = mapped_column(String(32), unique=True)
+    email: Mapped[str] = mapped_column(String(254), unique=True)
+    password_hash: Mapped[str] = mapped_column(String(255))
+    is_admin: Mapped[bool] = mapped_column(Boolean, default=False)
+    is_active: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    # per-user overrides of the default limits; NULL means "the default"
+    submissions_per_minute: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    max_active_jobs: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    daily_images: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # signs this user's webhooks (Standard Webhooks "whsec_..."); shown to them once
+    webhook_secret: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    # moved by every logout, revocation, disable or enable: how web processes that cache
+    # logins hear of it on SQLite (migration 0006; PostgreSQL's triggers notify as well)
+    logins_changed_at: Mapped[datetime | None] = mapped_column(
+        DateTime(timezone=True), nullable=True, index=True)
+
+    sessions: Mapped[list[AuthSession]] = relationship(back_populates="user")
+
+    # "Alice" and "alice" are one name (migration 0003)
+    __table_args__ = (Index("ix_users_username_lower", func.lower(username), unique=True),)
+
+
+class AuthSession(Base):
+    """One login: the family its rotating refresh tokens belong to."""
+
+    __tablename__ = "auth_sessions"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True,
+                                    default=lambda: str(uuid.uuid4()))
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    revoked_reason: Mapped[str | None] = mapped_column(String(64), nullable=True)
+
+    user: Mapped[User] = relationship(back_populates="sessions")
+
+
+class RefreshToken(Base):
+    """Only the SHA-256 of the opaque token is stored; each is good for one use."""
+
+    __tablename__ = "refresh_tokens"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    session_id: Mapped[str] = mapped_column(ForeignKey("auth_sessions.id", ondelete="CASCADE"),
+                                            index=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class Job(Base):
+    __tablename__ = "jobs"
+    __table_args__ = (
+        UniqueConstraint("user_id", "idempotency_key", name="uq_jobs_user_idempotency"),
+        Index("ix_jobs_status_created", "status", "created_at"),
+        Index("ix_jobs_user_created", "user_id", "created_at"),
+        Index("ix_jobs_updated_at", "updated_at"),  # the SQLite change poller (live.sources)
+    )
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True,
+                                    default=lambda: str(uuid.uuid4()))
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    status: Mapped[JobStatus] = mapped_column(
+        Enum(JobStatus, native_enum=False, create_constraint=False, length=16,
+             values_callable=lambda statuses: [s.value for s in statuses]),
+        default=JobStatus.queued)
+    request: Mapped[dict[str, Any]] = mapped_column(JSON)   # GenerationRequest, no image bytes
+    image_prompt_key: Mapped[str | None] = mapped_column(String(80), nullable=True)
+    idempotency_key: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow,
+                                                 onupdate=utcnow)
+    progress_step: Mapped[int] = mapped_column(Integer, default=0)
+    progress_total: Mapped[int] = mapped_column(Integer, default=0)
+    score: Mapped[float | None] = mapped_column(Float, nullable=True)
+    seed: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    result_key: Mapped[str | None] = mapped_column(String(80), nullable=True)
+    preview_key: Mapped[str | None] = mapped_column(String(80), nullable=True)
+    timings: Mapped[dict[str, float] | None] = mapped_column(JSON, nullable=True)
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    # execution lease (the dispatcher): owner, expiry and a fencing counter
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    lease_owner: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True),
+                                                              nullable=True)
+    fencing_token: Mapped[int] = mapped_column(BigInteger, default=0)
+    # a queued job is not claimed before this (retry backoff); NULL = at once
+    available_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True),
+                                                          nullable=True)
+    # where to announce the end of the job, and which endings (webhooks.outbox)
+    webhook_url: Mapped[str | None] = mapped_column(String(2048), nullable=True)
+    webhook_events: Mapped[list[str] | None] = mapped_column(JSON, nullable=True)
+
+
+class DeliveryStatus(StrEnum):
+    pending = "pending"        # due at next_attempt_at (also while a sender holds it)
+    delivered = "delivered"    # the receiver answered 2xx
+    failed = "failed"          # every attempt failed; last_error says why
+
+
+class WebhookDelivery(Base):
+    """The outbox: one row per webhook to send, written in the transaction that ended the
+    job, so a crash between the two loses nothing. Its id is the ``webhook-id`` receivers
+    deduplicate on (delivery is at least once)."""
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (Index("ix_webhook_deliveries_due", "status", "next_attempt_at"),)
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True,
+                                    default=lambda: f"msg_{uuid.uuid4().hex}")
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    event: Mapped[str] = mapped_column(String(16))            # completed | failed | cancelled
+    status: Mapped[DeliveryStatus] = mapped_column(
+        Enum(DeliveryStatus, native_enum=False, create_constraint=False, length=16,
+             values_callable=lambda statuses: [s.value for s in statuses]),
+        default=DeliveryStatus.pending)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    # when to try next; a sender pushes it past its attempt (a lease: if it dies, it is due)
+    next_attempt_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    delivered_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True),
+                                                          nullable=True)

@@ -1,0 +1,263 @@
+"""How the web backend reaches the ML side: one interface, two transports behind it.
+
+* :class:`HandleMLClient`: a Ray Serve DeploymentHandle (same cluster, or the local
+  all-in-one run of ``clipgan serve``).
+* :class:`HttpMLClient`: the ML side's private HTTP ingress (a web backend on
+  another machine), NDJSON streams and a shared secret.
+
+Both speak :mod:`ml_backend.protocol` and nothing else: ``generate`` yields
+``Progress*`` then one ``Result`` or one ``Failure``, and ``sample`` returns one of
+those two. A transport problem never raises out of them; it becomes a ``Failure``
+with code ``busy`` (back pressure: nothing started) or ``unavailable`` (unreachable,
+or gone mid-stream), so callers handle one vocabulary: ``Failure.retryable``.
+Only ``info`` raises (:class:`MLUnavailable`), for readiness and the model list.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any, Protocol
+
+import httpx
+from pydantic import TypeAdapter, ValidationError
+
+from ml_backend.protocol import Failure, GenerationRequest, Progress, Result, StreamMessage
+from web_backend.core.settings import MLClientSettings
+
+__all__ = ["HandleMLClient", "HttpMLClient", "MLClient", "MLUnavailable", "NoMLClient",
+           "ml_client_from_settings"]
+
+_MESSAGE: TypeAdapter[Progress | Result | Failure] = TypeAdapter(StreamMessage)
+Message = Progress | Result | Failure
+
+
+class MLUnavailable(Exception):
+    """The ML side cannot be asked right now (scaled to zero, starting, down)."""
+
+
+class MLClient(Protocol):
+    async def info(self) -> dict[str, Any]: ...
+    async def sample(self, request: GenerationRequest) -> Result | Failure: ...
+    def generate(self, request: GenerationRequest) -> AsyncIterator[Message]: ...
+
+
+def _unavailable(detail: str) -> Failure:
+    return Failure(code="unavailable", message=detail)
+
+
+class NoMLClient:
+    """No ML side configured: jobs wait in the queue, readiness says so."""
+
+    _WHY = "no ML side is configured (set CLIPGAN_ML_TRANSPORT)"
+
+    async def info(self) -> dict[str, Any]:
+        raise MLUnavailable(self._WHY)
+
+    async def sample(self, request: GenerationRequest) -> Result | Failure:
+        return _unavailable(self._WHY)
+
+    async def generate(self, request: GenerationRequest) -> AsyncIterator[Message]:
+        yield _unavailable(self._WHY)
+
+
+class _InfoCache:
+    """``info`` answers change rarely; callers ask on every readiness probe."""
+
+    def __init__(self, ttl_s: float) -> None:
+        self.ttl_s = ttl_s
+        self._value: tuple[float, dict[str, Any]] | None = None
+
+    def get(self) -> dict[str, Any] | None:
+        if self._value is not None and time.monotonic() - self._value[0] < self.ttl_s:
+            return self._value[1]
+        return None
+
+    def put(self, info: dict[str, Any]) -> dict[str, Any]:
+        self._value = (time.monotonic(), info)
+        return info
+
+
+class HandleMLClient:
+    """Ray Serve DeploymentHandle transport.
+
+    ``handle`` may be a zero-argument callable that connects on first use, so a web
+    process starts (and queues jobs) while the cluster is still coming up.
+    """
+
+    def __init__(self, handle: Any, *, info_ttl_s: float = 10.0, timeout_s: float = 10.0) -> None:
+        from ray.serve.exceptions import BackPressureError, RequestCancelledError
+
+        self._handle_or_factory = handle
+        self._connected = not callable(handle) or hasattr(handle, "options")
+        self._lock = asyncio.Lock()
+        self._info = _InfoCache(info_ttl_s)
+        self._timeout_s = timeout_s
+        self._busy_error = BackPressureError
+        self._cancelled_error = RequestCancelledError
+
+    def _failure(self, exc: Exception) -> Failure:
+        if isinstance(exc, self._busy_error):
+            return Failure(code="busy", message=f"the image service is at capacity: {exc}")
+        return _unavailable(f"{type(exc).__name__}: {exc}")
+
+    async def _handle(self) -> Any:
+        if not self._connected:
+            async with self._lock:
+                if not self._connected:
+                    try:
+                        self._handle_or_factory = await asyncio.to_thread(
+                            self._handle_or_factory)
+                    except Exception as exc:
+                        raise MLUnavailable(f"cannot reach the Ray cluster: {exc}") from None
+                    self._connected = True
+        return self._handle_or_factory
+
+    async def info(self) -> dict[str, Any]:
+        cached = self._info.get()
+        if cached is not None:
+            return cached
+        handle = await self._handle()
+        try:
+            info = await asyncio.wait_for(handle.info.remote(), self._timeout_s)
+        except Exception as exc:
+            raise MLUnavailable(f"ML side did not answer: {type(exc).__name__}: {exc}") from None
+        return self._info.put(info)
+
+    async def sample(self, request: GenerationRequest) -> Result | Failure:
+        try:
+            handle = await self._handle()
+            message: Result | Failure = await handle.sample.remote(request)
+            return message
+        except MLUnavailable as exc:
+            return _unavailable(str(exc))
+        except Exception as exc:
+            return self._failure(exc)
+
+    async def generate(self, request: GenerationRequest) -> AsyncIterator[Message]:
+        try:
+            handle = await self._handle()
+        except MLUnavailable as exc:
+            yield _unavailable(str(exc))
+            return
+        stream = handle.options(stream=True).generate.remote(request)
+        try:
+            while True:
+                try:
+                    message = await stream.__anext__()
+                except StopAsyncIteration:
+                    return
+                except self._cancelled_error:
+                    raise asyncio.CancelledError from None  # we cancelled it ourselves
+                except Exception as exc:  # replica died, back pressure, cluster gone
+                    yield self._failure(exc)
+                    return
+                yield message
+        finally:
+            stream.cancel()  # our caller stopped listening: stop the search too
+
+
+def _from_response(status: int, body: bytes) -> Failure:
+    """A non-200 answer of the ingress. Its failures come as messages; the rest are the
+    door's own answers (wrong secret, overloaded proxy)."""
+    try:
+        message = _MESSAGE.validate_json(body)
+        if isinstance(message, Failure):
+            return message
+    except ValidationError:
+        pass
+    if status == 401:
+        return _unavailable("the ML ingress refused our shared secret (check CLIPGAN_ML_SECRET)")
+    if status == 503:
+        return Failure(code="busy", message="the ML ingress is overloaded")
+    return _unavailable(f"the ML ingress answered {status}")
+
+
+class HttpMLClient:
+    """The ML side's private HTTP ingress (a web backend on another machine).
+
+    Every request carries the shared secret. Closing a stream closes the connection,
+    which the ingress turns into a cancel of the search.
+    """
+
+    def __init__(self, base_url: str, secret: str, *, connect_timeout_s: float = 10.0,
+                 info_ttl_s: float = 10.0) -> None:
+        timeout = httpx.Timeout(connect_timeout_s, read=None)  # searches stream for minutes
+        self._client = httpx.AsyncClient(base_url=base_url.rstrip("/"), timeout=timeout,
+                                         headers={"Authorization": f"Bearer {secret}"})
+        self._info = _InfoCache(info_ttl_s)
+
+    async def info(self) -> dict[str, Any]:
+        cached = self._info.get()
+        if cached is not None:
+            return cached
+        try:
+            response = await self._client.get("/v1/info", timeout=10)
+        except httpx.HTTPError as exc:
+            raise MLUnavailable(f"{type(exc).__name__}: {exc}") from None
+        if response.status_code != 200:
+            raise MLUnavailable(_from_response(response.status_code, response.content).message)
+        info: dict[str, Any] = response.json()
+        return self._info.put(info)
+
+    async def sample(self, request: GenerationRequest) -> Result | Failure:
+        try:
+            response = await self._client.post(
+                "/v1/sample", content=request.model_dump_json(),
+                headers={"Content-Type": "application/json"})
+        except httpx.HTTPError as exc:
+            return _unavailable(f"{type(exc).__name__}: {exc}")
+        if response.status_code != 200:
+            return _from_response(response.status_code, response.content)
+        try:
+            message = _MESSAGE.validate_json(response.content)
+        except ValidationError:
+            return _unavailable("the ML ingress sent an unreadable answer")
+        if isinstance(message, Progress):
+            return _unavailable("the ML ingress sent progress for a sample")
+        return message
+
+    async def generate(self, request: GenerationRequest) -> AsyncIterator[Message]:
+        try:
+            async with self._client.stream(
+                    "POST", "/v1/generate", content=request.model_dump_json(),
+                    headers={"Content-Type": "application/json"}) as response:
+                if response.status_code != 200:
+                    yield _from_response(response.status_code, await response.aread())
+                    return
+                async for line in response.aiter_lines():
+                    if line:
+                        yield _MESSAGE.validate_json(line)
+        except httpx.HTTPError as exc:
+            yield _unavailable(f"{type(exc).__name__}: {exc}")
+        except (ValidationError, json.JSONDecodeError):
+            yield _unavailable("the ML ingress sent an unreadable message")
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+
+def _connect_to_ray(address: str, app_name: str) -> Callable[[], Any]:
+    def connect() -> Any:
+        import ray
+        from ray import serve
+
+        if not ray.is_initialized():
+            ray.init(address=address, namespace="serve", log_to_driver=False)
+        return serve.get_deployment_handle("Generator", app_name=app_name)
+
+    return connect
+
+
+def ml_client_from_settings(settings: MLClientSettings) -> MLClient:
+    """The one way the app and the CLI build their ML client."""
+    if settings.transport == "ray":
+        return HandleMLClient(_connect_to_ray(settings.ray_address, settings.app_name))
+    if settings.transport == "http":
+        if not settings.url or settings.secret is None:
+            raise ValueError("CLIPGAN_ML_URL and CLIPGAN_ML_SECRET are needed for "
+                             "CLIPGAN_ML_TRANSPORT=http")
+        return HttpMLClient(settings.url, settings.secret.get_secret_value())
+    return NoMLClient()

@@ -1,0 +1,203 @@
+"""The job queue: every way a job changes status, and the rules that keep it safe.
+
+::
+
+    enqueue ─▶ queued ──claim──▶ running ──finish──▶ succeeded | failed | cancelled
+                 ▲  │              │  ▲
+                 │  └──cancel──▶ cancelled
+                 └──requeue / reclaim_expired──┘   (renew keeps a running job's lease)
+
+Each function is one transaction on the session it is given, and commits it. The
+rules are enforced in SQL rather than in memory, so several dispatchers (one per web
+process, or standalone) and crashes anywhere stay correct:
+
+* **Claim**: the oldest ready job moves ``queued -> running`` in one conditional
+  UPDATE (PostgreSQL picks the row with ``FOR UPDATE SKIP LOCKED``; SQLite runs the
+  claim in an IMMEDIATE transaction, see :mod:`web_backend.core.db`). Each claim bumps
+  ``fencing_token`` and counts an attempt.
+* **Fencing**: every write by a claim's holder is
+  ``UPDATE ... WHERE id = :id AND fencing_token = :token AND status = 'running'``; a
+  holder whose lease was taken over writes nothing and gets :class:`LeaseLost`.
+* **Lease**: writes and heartbeats push ``lease_expires_at`` forward; a lease that runs
+  out (process killed, node lost) is reclaimed: re-queued while attempts remain,
+  failed with a reason after the last.
+* **Results**: :func:`finish` with ``succeeded`` takes the stored PNG's key, so a
+  succeeded job always has its image (the caller stores it first).
+* **Webhooks**: every transition that ends a job records its pending webhook in the
+  same transaction (:mod:`web_backend.webhooks.outbox`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import and_, or_, select, update
+from sqlalchemy.orm import Session
+
+from web_backend.core.changes import mark_changed
+from web_backend.core.models import Job, JobStatus, utcnow
+from web_backend.webhooks import outbox
+
+__all__ = ["Claim", "JobStatus", "LeaseLost", "cancel", "claim", "enqueue", "finish",
+           "reclaim_expired", "renew", "requeue"]
+
+
+class LeaseLost(Exception):
+    """Another dispatcher owns the job now (our lease ran out); stop touching it."""
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A running job held under a lease: what its holder needs to run and fence it."""
+
+    job_id: str
+    token: int                         # fencing token: this claim's writes carry it
+    attempt: int                       # 1 for the first try
+    request: dict[str, Any]            # the stored GenerationRequest (no image bytes)
+    image_prompt_key: str | None       # the image prompt in blob storage, if any
+
+
+def _lease_end(lease_s: float) -> datetime:
+    return utcnow() + timedelta(seconds=lease_s)
+
+
+def enqueue(session: Session, *,
+            user_id:          int,                 # the owner
+            request:          dict[str, Any],      # GenerationRequest as JSON, no image bytes
+            image_prompt_key: str | None,          # blob key of the image prompt
+            idempotency_key:  str | None,          # unique per user when given
+            progress_total:   int,                 # steps the search will take (0: sample)
+            webhook_url:      str | None = None,   # checked already (webhooks.targets)
+            webhook_events:   list[str] | None = None,  # endings to announce there
+            ) -> Job:
+    """A new queued job. Raises ``IntegrityError`` when the idempotency key is taken."""
+    job = Job(user_id=user_id, request=request, image_prompt_key=image_prompt_key,
+              idempotency_key=idempotency_key, progress_total=progress_total,
+              webhook_url=webhook_url, webhook_events=webhook_events)
+    session.add(job)
+    session.commit()
+    return job
+
+
+def cancel(session: Session, *, job: Job) -> Job:
+    """Idempotent: queued -> cancelled now; running -> flagged for its dispatcher."""
+    if job.status is JobStatus.queued:
+        job.status = JobStatus.cancelled
+        job.finished_at = utcnow()
+        job.error = "cancelled by the user"
+        outbox.record(session, (job.id,), JobStatus.cancelled)
+    elif job.status is JobStatus.running:
+        job.cancel_requested = True
+    session.commit()
+    return job
+
+
+def claim(session: Session, *, owner: str, lease_s: float) -> Claim | None:
+    """Take the oldest job that is ready to run, or None."""
+    now = utcnow()
+    ready = and_(Job.status == JobStatus.queued, Job.cancel_requested.is_(False),
+                 or_(Job.available_at.is_(None), Job.available_at <= now))
+    pick = select(Job.id).where(ready).order_by(Job.created_at, Job.id).limit(1)
+    if session.get_bind().dialect.name == "postgresql":
+        pick = pick.with_for_update(skip_locked=True)
+    job_id = session.scalar(pick)
+    if job_id is None:
+        session.commit()
+        return None
+    row = session.execute(
+        update(Job).where(Job.id == job_id, Job.status == JobStatus.queued)
+        .values(status=JobStatus.running, lease_owner=owner, lease_expires_at=_lease_end(lease_s),
+                started_at=now, fencing_token=Job.fencing_token + 1, attempts=Job.attempts + 1,
+                available_at=None)
+        .returning(Job.fencing_token, Job.attempts, Job.request, Job.image_prompt_key)
+    ).first()
+    if row is not None:
+        mark_changed(session, (job_id,))
+    session.commit()
+    if row is None:
+        return None
+    return Claim(job_id=job_id, token=row[0], attempt=row[1], request=row[2],
+                 image_prompt_key=row[3])
+
+
+_LEASE_ONLY = {"lease_expires_at"}
+
+
+def _fenced(session: Session, held: Claim, **values: Any) -> bool:
+    """Apply ``values`` only while ``held`` still owns the job; returns its cancel flag."""
+    row = session.execute(
+        update(Job).where(Job.id == held.job_id, Job.fencing_token == held.token,
+                          Job.status == JobStatus.running)
+        .values(**values).returning(Job.cancel_requested)).first()
+    if row is not None and values.keys() - _LEASE_ONLY:  # a renewal alone shows nothing
+        mark_changed(session, (held.job_id,))
+    if row is not None and values.get("status") in outbox.EVENT_OF_STATUS:
+        outbox.record(session, (held.job_id,), values["status"])
+    session.commit()
+    if row is None:
+        raise LeaseLost(held.job_id)
+    return bool(row[0])
+
+
+def renew(session: Session, held: Claim, *, lease_s: float,
+          progress_step: int | None = None, progress_total: int | None = None,
+          score: float | None = None, preview_key: str | None = None) -> bool:
+    """Extend the lease, recording progress when given; True when a cancel was asked."""
+    progress = {k: v for k, v in dict(progress_step=progress_step, progress_total=progress_total,
+                                      score=score, preview_key=preview_key).items()
+                if v is not None}
+    return _fenced(session, held, lease_expires_at=_lease_end(lease_s), **progress)
+
+
+def finish(session: Session, held: Claim, *, status: JobStatus, error: str | None = None,
+           result_key: str | None = None, seed: int | None = None,
+           score: float | None = None, timings: dict[str, float] | None = None,
+           steps: int | None = None) -> None:
+    """End a running job: succeeded (with its stored picture), failed or cancelled."""
+    if not status.terminal:
+        raise ValueError(f"finish needs a final status, not {status}")
+    if status is JobStatus.succeeded and result_key is None:
+        raise ValueError("a succeeded job needs its stored picture")
+    values: dict[str, Any] = dict(status=status, finished_at=utcnow(), lease_owner=None,
+                                  lease_expires_at=None, error=error)
+    if status is JobStatus.succeeded:
+        values.update(result_key=result_key, seed=seed, score=score, timings=timings)
+        if steps is not None:
+            values.update(progress_step=steps, progress_total=steps)
+    _fenced(session, held, **values)
+
+
+def requeue(session: Session, held: Claim, *, reason: str, delay_s: float,
+            count_attempt: bool = True) -> None:
+    """Put a running job back in line after ``delay_s``; ``count_attempt=False`` when the
+    try never really started (back pressure, a dispatcher shutting down)."""
+    extra = {} if count_attempt else {"attempts": Job.attempts - 1}
+    _fenced(session, held, status=JobStatus.queued, lease_owner=None, lease_expires_at=None,
+            available_at=utcnow() + timedelta(seconds=delay_s), error=reason, progress_step=0,
+            **extra)
+
+
+def reclaim_expired(session: Session, *, max_attempts: int) -> tuple[int, int]:
+    """Jobs whose holder went silent: re-queued while attempts remain, else failed.
+
+    Returns (re-queued, failed).
+    """
+    now = utcnow()
+    expired = and_(Job.status == JobStatus.running, Job.lease_expires_at < now)
+    failed = session.scalars(
+        update(Job).where(expired, Job.attempts >= max_attempts)
+        .values(status=JobStatus.failed, finished_at=now, lease_owner=None,
+                lease_expires_at=None,
+                error=f"the image service stopped answering {max_attempts} times; please "
+                      "submit again").returning(Job.id)).all()
+    requeued = session.scalars(
+        update(Job).where(expired).values(
+            status=JobStatus.queued, lease_owner=None, lease_expires_at=None,
+            available_at=None, progress_step=0,
+            error="the image service stopped answering; retrying").returning(Job.id)).all()
+    mark_changed(session, (*failed, *requeued))
+    outbox.record(session, failed, JobStatus.failed)
+    session.commit()
+    return len(requeued), len(failed)

@@ -1,0 +1,64 @@
+"""Bodies of the job routes: what to make (the request) and how a job looks."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from ml_backend.protocol import GenerationRequest
+from web_backend.core.models import JobStatus
+from web_backend.core.schemas import UTCDatetime
+from web_backend.webhooks.schemas import WEBHOOK_EVENTS, WebhookEvent, WebhookOut
+
+__all__ = ["JobOut", "JobPage", "JobRequest", "Progress"]
+
+
+class Progress(BaseModel):
+    step: int
+    total: int
+    score: float | None
+
+
+class JobRequest(GenerationRequest):
+    """A picture to make, and optionally where to announce that it is done."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"prompt": "a girl with silver hair, smiling:1 | blurry:-0.5", "seed": "alice",
+         "upscale": 2},
+        {"prompt": "cat ears", "webhook_url": "https://bot.example.com/clipgan",
+         "webhook_events": ["completed", "failed"]},
+    ]})
+
+    webhook_url: str | None = Field(None, max_length=2048, description=(
+        "Called (POST, signed per Standard Webhooks with your webhook secret) when the job "
+        "ends; https, on a public address."))
+    webhook_events: list[WebhookEvent] = Field(
+        default_factory=lambda: list(WEBHOOK_EVENTS), min_length=1, max_length=3,
+        description="Which endings to announce.")
+
+
+class JobOut(BaseModel):
+    id: str
+    status: JobStatus
+    created_at: UTCDatetime
+    started_at: UTCDatetime | None
+    finished_at: UTCDatetime | None
+    request: dict[str, Any] = Field(description=(
+        "What was asked for; an image prompt appears as its image_prompt_sha256."))
+    progress: Progress
+    queue_position: int | None = Field(description="1 = next to start; null once started.")
+    eta_s: float | None = Field(description="Estimated seconds until the picture is ready.")
+    seed: int | None
+    error: str | None
+    timings: dict[str, float] | None
+    image_url: str | None = Field(description="Signed link, usable without a token.")
+    preview_url: str | None
+    events_url: str = Field(description="Signed SSE link (EventSource cannot send headers).")
+    webhook: WebhookOut | None = Field(None, description=(
+        "The job's webhook and its deliveries, when it asked for one."))
+
+
+class JobPage(BaseModel):
+    items: list[JobOut]
+    next_cursor: str | None
