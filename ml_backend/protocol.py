@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import math
 import re
-import unicodedata
 from typing import Annotated, Literal
 
 from pydantic import (
@@ -22,6 +21,7 @@ from pydantic import (
 )
 
 from ml_backend.recipe import DEFAULT_RECIPE
+from ml_backend.text import parse_decimal, plain_text
 
 __all__ = [
     "MAX_IMAGE_PROMPT_BYTES", "MAX_PROMPTS", "MAX_PROMPT_CHARS", "MAX_SEED", "Failure",
@@ -36,19 +36,6 @@ MAX_SEED = 2**63 - 1
 NEGATIVE_PROMPT_WEIGHT = DEFAULT_RECIPE.negative_weight  # a negative part without a weight
 
 _WEIGHT_SUFFIX = re.compile(r"^(?P<text>.*?):\s*(?P<weight>[-+]?(\d+(\.\d*)?|\.\d+))\s*$", re.S)
-
-
-def plain_text(text: str) -> str:
-    """Text as stored and shown: tabs and line breaks become spaces, other control
-    characters are refused (they end up in logs, PNG metadata and other people's pages)."""
-    text = text.replace("\r\n", " ").translate(_WHITESPACE_CONTROLS)
-    bad = next((c for c in text if unicodedata.category(c) == "Cc"), None)
-    if bad is not None:
-        raise ValueError(f"control character U+{ord(bad):04X} is not allowed in text")
-    return text
-
-
-_WHITESPACE_CONTROLS = {ord(c): " " for c in "\t\n\r\v\f"}
 
 
 class WeightedPrompt(BaseModel):
@@ -91,12 +78,14 @@ def parse_prompt(text: str, *, default_weight: float = 1.0) -> list[WeightedProm
 
 
 def seed_to_int(seed: int | str) -> int:
-    """A name always maps to the same seed; a string of digits is that number."""
+    """A name always maps to the same seed; a string of ASCII digits is that number
+    (anything else, ``"²"`` included, is a name)."""
     if isinstance(seed, int):
         return seed
     stripped = seed.strip()
-    if stripped.isdigit() and int(stripped) <= MAX_SEED:
-        return int(stripped)
+    number = parse_decimal(stripped)
+    if number is not None and number <= MAX_SEED:
+        return number
     digest = hashlib.sha256(stripped.encode("utf-8")).digest()
     return int.from_bytes(digest[:8], "big") & MAX_SEED
 

@@ -57,6 +57,7 @@ from web_backend.samples.cache import SampleCache
 from web_backend.samples.onnx import OnnxSampler
 from web_backend.services import Services
 from web_backend.webhooks.sender import WebhookSender
+from web_backend.webhooks.targets import Resolver
 
 __all__ = ["build_services", "create_app", "create_app_from_env", "make_dispatcher",
            "make_webhook_sender"]
@@ -103,6 +104,7 @@ def build_services(settings: WebSettings, ml_client: MLClient | None = None) -> 
                            total=settings.http.max_streams),
         logins=logins, tokens=VerifiedTokens(signing_key), views=views,
         sample_cache=SampleCache(settings.samples.cache_size),
+        resolver=Resolver(),
     )
     services.feed = _job_feed(services, feed_kind)
     if settings.samples.onnx is not None:
@@ -165,7 +167,8 @@ def make_webhook_sender(services: Services, *,
                          write_sessions=services.write_session_factory,
                          settings=services.settings.webhooks,
                          allow_http=services.settings.env == "dev",
-                         payload=services.job_viewer.payload, transport=transport)
+                         payload=services.job_viewer.payload, resolver=services.resolver,
+                         transport=transport)
 
 
 def _background(app: FastAPI, services: Services) -> list[Background]:
@@ -212,6 +215,7 @@ def create_app(settings: WebSettings | None = None, *, ml_client: MLClient | Non
         with services.streams.closing_on_signals(on_close=wake_streams):
             async with running(_background(app, services)):
                 yield
+        services.resolver.close()
         services.engine.dispose()
 
     app = FastAPI(title="clipgan", version="0.1.0", lifespan=lifespan,

@@ -26,6 +26,7 @@ from web_backend.live.login_cache import LoginCache
 from web_backend.live.streams import StreamGate
 from web_backend.samples.cache import SampleCache
 from web_backend.samples.onnx import OnnxSampler
+from web_backend.webhooks.targets import Resolver
 
 __all__ = ["Services"]
 
@@ -49,5 +50,6 @@ class Services:
     tokens: VerifiedTokens                        # access tokens whose signature was checked
     views: KeptViews                              # job views a status read needs no query for
     sample_cache: SampleCache                     # (model, seed, psi) -> PNG, small LRU
+    resolver: Resolver                            # webhook host names, bounded lookups
     feed: JobFeed = field(init=False)             # job changes, fanned out to those streams
     onnx_samples: OnnxSampler | None = None       # samples rendered here (CLIPGAN_SAMPLE_ONNX)

@@ -111,3 +111,57 @@ class WebhookReceiver:
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+class TricklingReceiver:
+    """A webhook receiver that answers one byte every ``interval_s`` seconds (each read
+    arrives in time, the whole answer never does): it records when each call came and
+    when the caller hung up."""
+
+    def __init__(self, interval_s: float = 0.5) -> None:
+        import socket
+        import threading
+
+        self.interval_s = interval_s
+        self.connected: list[float] = []
+        self.hung_up: list[float] = []
+        self._lock = threading.Lock()
+        self._closing = threading.Event()
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}/slow"
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        import threading
+
+        while not self._closing.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._trickle, args=(conn,), daemon=True).start()
+
+    def _trickle(self, conn: Any) -> None:
+        with self._lock:
+            self.connected.append(time.monotonic())
+        answer = b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nx-padding: " + b"x" * 10_000
+        import select
+
+        try:
+            conn.recv(65536)
+            for byte in answer:
+                # wait one interval, but notice at once when the caller hangs up
+                readable, _, _ = select.select([conn], [], [], self.interval_s)
+                if self._closing.is_set() or (readable and not conn.recv(65536)):
+                    break
+                conn.sendall(bytes([byte]))
+        except OSError:
+            pass
+        finally:
+            with self._lock:
+                self.hung_up.append(time.monotonic())
+            conn.close()
+
+    def close(self) -> None:
+        self._closing.set()
+        self.sock.close()

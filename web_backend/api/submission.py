@@ -15,13 +15,18 @@ from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 
 from ml_backend.protocol import MAX_IMAGE_PROMPT_BYTES
-from web_backend.api.deps import ServicesDep
 from web_backend.api.errors import validation_detail
-from web_backend.core.errors import PayloadTooLarge, Unprocessable, UnsupportedMediaType
+from web_backend.core.errors import (
+    PayloadTooLarge,
+    ServiceUnavailable,
+    Unprocessable,
+    UnsupportedMediaType,
+)
 from web_backend.jobs.schemas import JobRequest
-from web_backend.webhooks.targets import WebhookTargetRefused, resolve_target
+from web_backend.services import Services
+from web_backend.webhooks.targets import ResolverBusy, WebhookTargetRefused, resolve_target
 
-__all__ = ["MAX_SUBMISSION_BYTES", "Submission", "read_submission"]
+__all__ = ["MAX_SUBMISSION_BYTES", "Submission", "check_webhook_url", "read_submission"]
 
 MAX_SUBMISSION_BYTES = MAX_IMAGE_PROMPT_BYTES * 4 // 3 + 64 * 1024  # base64 image + the rest
 _MB = 1024 * 1024
@@ -60,21 +65,28 @@ async def _parse(request: Request) -> JobRequest:
                                "multipart/form-data (fields 'request' and 'image_prompt')")
 
 
-async def read_submission(request: Request, services: ServicesDep) -> JobRequest:
+async def read_submission(request: Request) -> JobRequest:
     """The body is already whole and within MAX_SUBMISSION_BYTES (``bodies.BodyLimit``).
-
-    A webhook URL is refused here, before anything is queued, when it could not be
-    called (checked again at each delivery: names may resolve elsewhere by then)."""
-    submission = await _parse(request)
-    if submission.webhook_url is not None:
-        webhooks = services.settings.webhooks
-        try:
-            await resolve_target(submission.webhook_url, allow_http=services.settings.env == "dev",
-                                 allow_networks=webhooks.allow_networks)
-        except WebhookTargetRefused as exc:
-            raise Unprocessable([{"loc": ["body", "webhook_url"], "msg": str(exc),
-                                  "type": "webhook_url_refused"}]) from None
-    return submission
+    Only parsed here: its webhook URL is checked once the caller is known and counted
+    (:func:`check_webhook_url`)."""
+    return await _parse(request)
 
 
 Submission = Annotated[JobRequest, Depends(read_submission)]
+
+
+async def check_webhook_url(services: Services, url: str, *, owner: int) -> None:
+    """Refuses (422) a webhook URL that could not be called, before anything is queued
+    (checked again at each delivery: names may resolve elsewhere by then); 503 when too
+    many names are being looked up. Only for an authenticated caller whose submission
+    was counted: a lookup costs a thread for as long as the name's DNS takes."""
+    try:
+        await resolve_target(url, allow_http=services.settings.env == "dev",
+                             allow_networks=services.settings.webhooks.allow_networks,
+                             resolver=services.resolver, owner=owner)
+    except WebhookTargetRefused as exc:
+        raise Unprocessable([{"loc": ["body", "webhook_url"], "msg": str(exc),
+                              "type": "webhook_url_refused"}]) from None
+    except ResolverBusy as exc:
+        raise ServiceUnavailable(f"{exc}; try again in a few seconds",
+                                 retry_after_s=5) from None

@@ -22,6 +22,8 @@ from collections.abc import Callable
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from ml_backend.text import parse_decimal
+
 __all__ = ["BodyLimit"]
 
 class BodyLimit:
@@ -57,7 +59,11 @@ class BodyLimit:
             return
         upload_limit = self.uploads.get((scope["method"], scope["path"].rstrip("/")))
         limit = upload_limit or self.limit
-        if declared is not None and (not declared.isdigit() or int(declared) > limit):
+        length = parse_decimal(declared) if declared is not None else None
+        if declared is not None and length is None:
+            await _refuse(send, 400, "Content-Length must be a decimal number of bytes")
+            return
+        if length is not None and length > limit:
             await _refuse(send, 413, _too_large(limit, upload_limit is not None))
             return
         if upload_limit is None:

@@ -74,12 +74,18 @@ class Submissions:
         self.storage = storage
         self.throughput = throughput
 
-    def _check_limits(self, session: Session, user: User) -> None:
-        limits = limits_for(user, self.defaults)
-        rate = self.limiter.hit("submit", str(user.id), limit=limits.submissions_per_minute)
+    def count(self, user: User) -> None:
+        """Count one submission against the account's per-minute limit (429 beyond)."""
+        per_minute = limits_for(user, self.defaults).submissions_per_minute
+        rate = self.limiter.hit("submit", str(user.id), limit=per_minute)
         if not rate.allowed:
-            raise rate.refusal(f"at most {limits.submissions_per_minute} submissions per "
-                               f"minute; try again in {rate.reset_after_s} s")
+            raise rate.refusal(f"at most {per_minute} submissions per minute; try again in "
+                               f"{rate.reset_after_s} s")
+
+    def _check_limits(self, session: Session, user: User, *, counted: bool) -> None:
+        limits = limits_for(user, self.defaults)
+        if not counted:
+            self.count(user)
         active = session.scalar(select(func.count()).select_from(Job).where(
             Job.user_id == user.id, Job.status.in_(_ACTIVE))) or 0
         if active >= limits.max_active_jobs:
@@ -97,11 +103,12 @@ class Submissions:
                                   "resets at 00:00 UTC", retry_after_s=math.ceil(until_midnight))
 
     def submit(self, session: Session, user: User, request: JobRequest,
-               idempotency_key: str | None) -> tuple[Job, bool]:
+               idempotency_key: str | None, *, counted: bool = False) -> tuple[Job, bool]:
         """Queue a job, or return the earlier one for a retried Idempotency-Key.
 
         Returns (job, replayed). Limits apply only to new jobs: a retry is not a new
-        submission. A webhook's URL is checked by the caller (it resolves names).
+        submission. ``counted``: the caller already counted it (:meth:`count`, before
+        checking its webhook's URL, which resolves names).
         """
         stored = _stored_request(request)
         if idempotency_key is not None:
@@ -111,7 +118,7 @@ class Submissions:
         if request.webhook_url is not None and not user.webhook_secret:
             raise Conflict("a webhook needs your webhook secret to sign it: create one with "
                            "POST /v1/users/me/webhook-secret, then submit again")
-        self._check_limits(session, user)
+        self._check_limits(session, user, counted=counted)
         image_key = None
         if request.image_prompt is not None:
             try:  # decoded and reduced here, once: the ML side gets a small square PNG

@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from ml_backend.text import parse_decimal
 from web_backend.jobs.schemas import JobOut
 from web_backend.live.kept_views import KeptViews
 from web_backend.live.login_cache import LoginCache
@@ -220,8 +221,8 @@ class JobFeed:
             return
         users = {key for key in batch if key.startswith(USER_PREFIX)}
         if users:
-            self.logins.forget_users(int(key[len(USER_PREFIX):]) for key in users
-                                     if key[len(USER_PREFIX):].isdigit())
+            user_ids = {parse_decimal(key[len(USER_PREFIX):]) for key in users} - {None}
+            self.logins.forget_users(user_id for user_id in user_ids if user_id is not None)
             batch = batch - users
         if batch:
             self.kept.forget(batch)

@@ -11,7 +11,8 @@ Delivery is at least once; receivers deduplicate on the row's id (``webhook-id``
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections import Counter
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -33,6 +34,7 @@ class Due:
 
     id: str
     job_id: str
+    owner_id: int      # whose job: a sender caps each account's deliveries in flight
     event: str
     attempt: int       # 1 for the first; the fence for settle
 
@@ -52,16 +54,38 @@ def record(session: Session, job_ids: Iterable[str], status: JobStatus) -> None:
     session.flush()
 
 
-def claim_due(session: Session, *, hold_s: float, limit: int) -> list[Due]:
-    """Take up to ``limit`` due deliveries for one attempt each, held ``hold_s``."""
+def claim_due(session: Session, *, hold_s: float, limit: int, max_attempts: int,
+              per_owner: int, in_flight: Mapping[int, int]) -> list[Due]:
+    """Take up to ``limit`` due deliveries for one attempt each, held ``hold_s``.
+
+    An account gets at most ``per_owner`` attempts in flight, counting the caller's
+    ``in_flight`` ones (owner -> attempts): the rest of its deliveries wait their turn.
+    A delivery whose attempts are all spent without a recorded answer (its sender died
+    during the last one) is failed here, never tried again.
+    """
     now = utcnow()
-    seen = session.execute(
-        select(WebhookDelivery.id, WebhookDelivery.next_attempt_at)
+    session.execute(
+        update(WebhookDelivery)
         .where(WebhookDelivery.status == DeliveryStatus.pending,
-               WebhookDelivery.next_attempt_at <= now)
-        .order_by(WebhookDelivery.next_attempt_at).limit(limit)).all()
-    taken = []
-    for delivery_id, due_at in seen:  # another sender may take the same row: one wins
+               WebhookDelivery.next_attempt_at <= now,
+               WebhookDelivery.attempts >= max_attempts)
+        .values(status=DeliveryStatus.failed,
+                last_error=f"no answer was recorded for attempt {max_attempts} of "
+                           f"{max_attempts}; not tried again"))
+    query = (select(WebhookDelivery.id, WebhookDelivery.next_attempt_at, Job.user_id)
+             .join(Job, Job.id == WebhookDelivery.job_id)
+             .where(WebhookDelivery.status == DeliveryStatus.pending,
+                    WebhookDelivery.next_attempt_at <= now)
+             .order_by(WebhookDelivery.next_attempt_at).limit(limit))
+    full = [owner for owner, n in in_flight.items() if n >= per_owner]
+    if full:
+        query = query.where(Job.user_id.not_in(full))
+    taken: list[Due] = []
+    owners = Counter(in_flight)
+    for delivery_id, due_at, owner_id in session.execute(query).all():
+        if owners[owner_id] >= per_owner:
+            continue
+        # another sender may take the same row: one wins
         row = session.execute(
             update(WebhookDelivery)
             .where(WebhookDelivery.id == delivery_id,
@@ -72,7 +96,9 @@ def claim_due(session: Session, *, hold_s: float, limit: int) -> list[Due]:
             .returning(WebhookDelivery.job_id, WebhookDelivery.event,
                        WebhookDelivery.attempts)).first()
         if row is not None:
-            taken.append(Due(id=delivery_id, job_id=row[0], event=row[1], attempt=row[2]))
+            owners[owner_id] += 1
+            taken.append(Due(id=delivery_id, job_id=row[0], owner_id=owner_id, event=row[1],
+                             attempt=row[2]))
     session.commit()
     return taken
 

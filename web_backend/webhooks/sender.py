@@ -13,16 +13,26 @@ Each delivery is:
 4. sent to the URL's host **re-checked now** and connected to by the checked address
    (TLS still verified against the host name), no redirects, no proxies from the
    environment, no connection reuse between hosts;
-5. settled: any 2xx is delivered; anything else is retried after
-   ``CLIPGAN_WEBHOOK_BACKOFF_S``, then marked failed, visible in the job.
+5. settled, whatever happened: any 2xx is delivered; anything else (an answer, an
+   error, a URL the HTTP client refuses) is retried after ``CLIPGAN_WEBHOOK_BACKOFF_S``,
+   then marked failed, visible in the job.
+
+One attempt has one deadline, ``CLIPGAN_WEBHOOK_TIMEOUT_S``, for all of it: looking up
+the name, connecting, and the whole answer (a per-read timeout would let a receiver
+that trickles a byte at a time hold a slot for as long as it likes). And one account
+has at most a few deliveries in flight per process, so its receivers, however slow,
+cannot hold every slot while other accounts' webhooks wait. A disabled or deleted
+account's webhooks are not sent.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -36,7 +46,13 @@ from web_backend.core.models import Job, User
 from web_backend.core.settings import WebhookSettings
 from web_backend.webhooks import outbox
 from web_backend.webhooks.outbox import Due
-from web_backend.webhooks.targets import Target, WebhookTargetRefused, resolve_target
+from web_backend.webhooks.targets import (
+    Resolver,
+    ResolverBusy,
+    Target,
+    WebhookTargetRefused,
+    resolve_target,
+)
 
 __all__ = ["WebhookSender"]
 
@@ -44,6 +60,7 @@ log = logging.getLogger(__name__)
 
 _BATCH = 32           # deliveries claimed per look
 _IN_FLIGHT = 16       # sent at once per process
+_PER_OWNER = 4        # of those, at most this many for one account
 _USER_AGENT = "clipgan-webhooks/1"
 
 
@@ -68,13 +85,18 @@ class WebhookSender:
                  settings:       WebhookSettings,        # timeouts, retries, allowed networks
                  allow_http:     bool,                   # dev: http:// receivers too
                  payload:        JobPayload,             # the job as it is now, as JSON data
+                 resolver:       Resolver,               # bounded name lookups
                  transport:      httpx.AsyncBaseTransport | None = None,  # tests
+                 per_owner:      int = _PER_OWNER,       # one account's attempts in flight
                  ) -> None:
         self.sessions = sessions
         self.write_sessions = write_sessions
         self.settings = settings
         self.allow_http = allow_http
         self.payload = payload
+        self.resolver = resolver
+        self.per_owner = per_owner
+        self._by_owner: Counter[int] = Counter()
         # a new connection per delivery: a pooled one, opened for another host name on the
         # same address, would skip that name's TLS check
         self.http = httpx.AsyncClient(
@@ -89,20 +111,23 @@ class WebhookSender:
         self._stop.set()
 
     async def run(self) -> None:
-        hold_s = self.settings.timeout_s * 2 + 30  # an attempt outlasting this is retried
+        # every attempt ends within timeout_s (its deadline); the hold has room for the
+        # two database writes around it, so no attempt outlives its claim
+        hold_s = self.settings.timeout_s * 2 + 30
         try:
             while not self._stop.is_set():
                 try:
-                    due = await asyncio.to_thread(self._claim, hold_s)
+                    due = await asyncio.to_thread(self._claim, hold_s, dict(self._by_owner))
                 except Exception as exc:  # the database may be restarting
                     log.warning("webhook outbox read failed (%s: %s); retrying",
                                 type(exc).__name__, exc)
                     due = []
                 for delivery in due:
                     await self._slots.acquire()
+                    self._by_owner[delivery.owner_id] += 1
                     task = asyncio.create_task(self._deliver(delivery), name=delivery.id)
                     self._tasks.add(task)
-                    task.add_done_callback(self._done)
+                    task.add_done_callback(functools.partial(self._done, due=delivery))
                 if len(due) < _BATCH:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._stop.wait(), self.settings.poll_s)
@@ -113,21 +138,27 @@ class WebhookSender:
             await asyncio.gather(*self._tasks, return_exceptions=True)
             await self.http.aclose()
 
-    def _done(self, task: asyncio.Task[None]) -> None:
+    def _done(self, task: asyncio.Task[None], *, due: Due) -> None:
         self._tasks.discard(task)
         self._slots.release()
+        self._by_owner[due.owner_id] -= 1
+        if self._by_owner[due.owner_id] <= 0:
+            del self._by_owner[due.owner_id]
 
-    def _claim(self, hold_s: float) -> list[Due]:
+    def _claim(self, hold_s: float, in_flight: dict[int, int]) -> list[Due]:
         with self.write_sessions() as session:
-            return outbox.claim_due(session, hold_s=hold_s, limit=_BATCH)
+            return outbox.claim_due(session, hold_s=hold_s, limit=_BATCH,
+                                    max_attempts=self.settings.max_attempts,
+                                    per_owner=self.per_owner, in_flight=in_flight)
 
     def _message(self, due: Due) -> _Message | None:
-        """The job as it is now, as the payload; None when the job has no webhook left."""
+        """The job as it is now, as the payload; None when the job has no webhook left
+        or its owner's account is disabled or gone."""
         with self.sessions() as session:
             job = session.get(Job, due.job_id)
             owner = session.get(User, job.user_id) if job is not None else None
             if job is None or owner is None or job.webhook_url is None or \
-                    not owner.webhook_secret:
+                    not owner.webhook_secret or not owner.is_active:
                 return None
             data = self.payload(session, job)
             body = json.dumps({"type": f"job.{due.event}",
@@ -149,25 +180,49 @@ class WebhookSender:
     async def _deliver(self, due: Due) -> None:
         try:
             message = await asyncio.to_thread(self._message, due)
-            if message is None:
-                await asyncio.to_thread(self._settle, due,
-                                        "the job, its webhook or its owner's secret is gone",
-                                        final=True)
-                return
-            await asyncio.to_thread(self._settle, due, await self._send(due, message))
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # a database hiccup: the claim's hold ends and it is sent again
+            log.exception("webhook %s for job %s could not be read", due.id, due.job_id)
+            return
+        if message is None:
+            error: str | None = ("not sent: the job or its webhook is gone, or its owner's "
+                                 "account is disabled, deleted or has no webhook secret")
+            final = True
+        else:
+            error, final = await self._attempt(due, message), False
+        try:
+            await asyncio.to_thread(self._settle, due, error, final=final)
         except asyncio.CancelledError:
             raise
         except Exception:  # a database hiccup: the claim's hold ends and it is sent again
             log.exception("webhook %s for job %s could not be settled", due.id, due.job_id)
+
+    async def _attempt(self, due: Due, message: _Message) -> str | None:
+        """One attempt within its deadline; None when the receiver took it, else why not
+        (never raises but for cancellation: every attempt is settled)."""
+        try:
+            async with asyncio.timeout(self.settings.timeout_s):
+                return await self._send(due, message)
+        except TimeoutError:
+            return f"no whole answer within {self.settings.timeout_s:g} s"
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a URL the HTTP client refuses, a TLS error...
+            log.warning("webhook %s: %s", due.id, type(exc).__name__, exc_info=exc)
+            return f"could not be sent: {type(exc).__name__}"
 
     async def _send(self, due: Due, message: _Message) -> str | None:
         """Send one attempt; None when the receiver took it, else why not."""
         try:
             target = await resolve_target(
                 message.url, allow_http=self.allow_http,
-                allow_networks=self.settings.allow_networks)
+                allow_networks=self.settings.allow_networks, resolver=self.resolver,
+                owner=due.owner_id)
         except WebhookTargetRefused as exc:
             return f"refused: {exc}"
+        except ResolverBusy as exc:
+            return f"not sent: {exc}"
         timestamp = datetime.now(UTC)
         headers = {
             "webhook-id": due.id,

@@ -11,17 +11,20 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import httpx
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
+from sqlalchemy import select, update
 from standardwebhooks.webhooks import Webhook
 
-from tests.web_backend.helpers import Account, WebhookReceiver
+from tests.web_backend.helpers import Account, TricklingReceiver, WebhookReceiver, make_admin
 from web_backend.app import build_services, create_app, make_webhook_sender
-from web_backend.core.models import JobStatus
+from web_backend.core.models import JobStatus, WebhookDelivery
 from web_backend.core.settings import WebSettings
 from web_backend.jobs import queue
 from web_backend.services import Services
+from web_backend.webhooks import outbox
 
 FAST = {"allow_networks": ["127.0.0.1/32"], "poll_s": 0.05, "backoff_s": [0.1, 0.1]}
 
@@ -193,46 +196,87 @@ INTERNAL = [
     "http://[fe80::1]/hook",                       # IPv6 link-local
     "http://2130706433/hook",                      # 127.0.0.1 as one decimal number
     "http://0x7f.1/hook",                          # and in hexadecimal shorthand
+    "http://[::127.0.0.1]/hook",                   # IPv4-compatible
+    "http://[::ffff:0:127.0.0.1]/hook",            # IPv4-translated
+    "http://[64:ff9b::127.0.0.1]/hook",            # NAT64: the translator's 127.0.0.1
+    "http://[2002:7f00:1::]/hook",                 # 6to4 of 127.0.0.1
+    "http://192.0.0.8/hook",                       # IETF protocol assignments
+    "http://example.com:0/hook",                   # port 0
 ]
+SQLITE_ONLY = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 
 
 @pytest.fixture
 def strict_client(make_settings: Callable[..., WebSettings]) -> Iterator[TestClient]:
     """Dev (so http itself is not the reason), no network allowed beyond public ones."""
-    with TestClient(create_app(make_settings(env="dev"))) as c:
+    with TestClient(create_app(make_settings(env="dev",
+                                             limits={"submissions_per_minute": 1000}))) as c:
         yield c
 
 
-@pytest.mark.parametrize("url", INTERNAL)
-def test_internal_addresses_are_refused_at_submission(strict_client: TestClient,
-                                                      url: str) -> None:
+@SQLITE_ONLY  # the policy is the same on every database
+def test_internal_addresses_are_refused_at_submission(strict_client: TestClient) -> None:
     carol = Account(strict_client, "carol")
     _secret(carol)
-    r = carol.post("/v1/jobs", json={"prompt": "smile", "webhook_url": url})
-    assert r.status_code == 422, r.text
-    (error,) = r.json()["detail"]
-    assert error["loc"] == ["body", "webhook_url"] and error["type"] == "webhook_url_refused"
-    assert "only to public addresses" in error["msg"] or "does not resolve" in error["msg"]
+    for url in INTERNAL:
+        r = carol.post("/v1/jobs", json={"prompt": "smile", "webhook_url": url})
+        assert r.status_code == 422, (url, r.text)
+        (error,) = r.json()["detail"]
+        assert error["loc"] == ["body", "webhook_url"] and error["type"] == "webhook_url_refused"
+        assert "only to public addresses" in error["msg"] or "port 0" in error["msg"], url
+        assert "127.0.0.1" not in error["msg"] and "loopback" not in error["msg"]  # no oracle
     assert carol.get("/v1/jobs").json()["items"] == []  # nothing queued
 
 
-@pytest.mark.parametrize(("url", "says"), [
+MALFORMED = [
     ("http://example.com/hook", "must start with https://"),
     ("ftp://example.com/hook", "must start with https://"),
     ("https://user:pw@example.com/hook", "user name or password"),
     ("https:///hook", "has no host"),
     ("https://no-such-host.invalid/hook", "does not resolve"),
     ("https://example.com:99999/hook", "not a valid URL"),
-])
-def test_malformed_or_plain_http_urls_are_refused_outside_dev(alice: Account, url: str,
-                                                              says: str) -> None:
-    client = TestClient(create_app(alice.client.app.state.services.settings.model_copy(
-        update={"env": "prod"})))
+    ("https://example.com\r/hook", "printable ASCII"),   # urlsplit drops it, httpx refuses
+    ("https://example.com/\u2028", "printable ASCII"),
+]
+
+
+@SQLITE_ONLY
+def test_malformed_or_plain_http_urls_are_refused_outside_dev(alice: Account) -> None:
+    settings = alice.client.app.state.services.settings
+    client = TestClient(create_app(settings.model_copy(update={
+        "env": "prod", "limits": settings.limits.model_copy(
+            update={"submissions_per_minute": 1000})})))
     with client:
         dave = Account(client, "dave")
         _secret(dave)
-        r = dave.post("/v1/jobs", json={"prompt": "smile", "webhook_url": url})
-    assert r.status_code == 422 and says in r.json()["detail"][0]["msg"], r.text
+        for url, says in MALFORMED:
+            r = dave.post("/v1/jobs", json={"prompt": "smile", "webhook_url": url})
+            assert r.status_code == 422 and says in r.json()["detail"][0]["msg"], (url, r.text)
+        assert dave.get("/v1/jobs").json()["items"] == []
+
+
+def test_a_submission_is_authenticated_and_counted_before_its_name_is_looked_up(
+        make_settings: Callable[..., WebSettings]) -> None:
+    """A lookup costs a thread for as long as the name's DNS takes: nobody gets one
+    without a valid token, nor beyond the account's submissions per minute."""
+    resolved: list[str] = []
+
+    def lookup(host: str, port: int, **_: object) -> list[tuple]:
+        resolved.append(host)
+        return [(2, 1, 6, "", ("93.184.216.34", port))]
+
+    app = create_app(make_settings(env="dev", limits={"submissions_per_minute": 2}))
+    app.state.services.resolver.lookup = lookup
+    with TestClient(app) as client:
+        erin = Account(client, "erin")
+        _secret(erin)
+        body = {"prompt": "smile", "webhook_url": "https://hooks.example/x"}
+        anonymous = client.post("/v1/jobs", json=body,
+                                headers={"Authorization": "Bearer not-a-token"})
+        assert anonymous.status_code == 401 and resolved == []
+        assert [erin.post("/v1/jobs", json=body).status_code for _ in range(3)] == \
+            [202, 202, 429]
+    assert resolved == ["hooks.example", "hooks.example"]
 
 
 def test_the_address_is_checked_again_at_delivery(
@@ -261,7 +305,7 @@ def test_the_address_is_checked_again_at_delivery(
     (delivery,) = alice.get(f"/v1/jobs/{job['id']}").json()["webhook"]["deliveries"]
     assert receiver.calls == []
     assert delivery["status"] == "failed" and delivery["attempts"] == 3
-    assert "resolves to 127.0.0.1, a loopback address" in delivery["last_error"]
+    assert "only to public addresses" in delivery["last_error"]
 
 
 def test_a_job_ended_while_no_sender_runs_is_announced_by_the_next(
@@ -282,3 +326,143 @@ def test_a_job_ended_while_no_sender_runs_is_announced_by_the_next(
                                                    .model_copy(update={"enabled": True})}))):
         (headers, body), = receiver.wait_for(1)
     assert Webhook(secret).verify(body, headers)["data"]["id"] == job["id"]
+
+
+# --- one attempt, one deadline; every attempt settled; fair to every account ---------
+
+@SQLITE_ONLY
+def test_a_receiver_that_trickles_its_answer_is_cut_at_the_deadline(
+        make_settings: Callable[..., WebSettings]) -> None:
+    """Each byte arrives well within any per-read timeout; the whole answer never does."""
+    slow = TricklingReceiver(interval_s=0.3)
+    app = create_app(make_settings(env="dev", webhooks={**FAST, "timeout_s": 1}))
+    try:
+        with TestClient(app) as client:
+            frank = Account(client, "frank")
+            _secret(frank)
+            job = _submit(frank, slow.url)
+            _end(build_services(app.state.services.settings), JobStatus.succeeded)
+            shown = _job(frank, job["id"], lambda j: j["webhook"]["deliveries"][0]["status"]
+                         == "failed", timeout=60)["webhook"]["deliveries"][0]
+            deadline = time.monotonic() + 10  # the receiver notices at its next byte
+            while len(slow.hung_up) < 3 and time.monotonic() < deadline:
+                time.sleep(0.05)
+    finally:
+        slow.close()
+    assert shown["status"] == "failed" and shown["attempts"] == 3
+    assert shown["last_error"] == "no whole answer within 1 s"
+    # the answer would have taken 10,000 x 0.3 s: each call was hung up long before
+    assert len(slow.connected) == 3 and len(slow.hung_up) == 3
+    assert max(end - start for start, end in zip(slow.connected, slow.hung_up)) < 30
+
+
+@SQLITE_ONLY
+def test_one_accounts_slow_receivers_do_not_hold_every_delivery_slot(
+        make_settings: Callable[..., WebSettings], receiver: WebhookReceiver) -> None:
+    """Sixteen jobs of one account whose receiver never finishes answering, then one job
+    of another account: its webhook arrives while the slow ones are still being tried,
+    and the slow account never has more than its share in flight."""
+    slow = TricklingReceiver(interval_s=0.3)
+    settings = make_settings(env="dev", webhooks={**FAST, "timeout_s": 3, "backoff_s": [60]},
+                             limits={"max_active_jobs": 100, "submissions_per_minute": 100})
+    app = create_app(settings)
+    dispatcher = build_services(settings)
+    try:
+        with TestClient(app) as client:
+            mallory, grace = Account(client, "mallory"), Account(client, "grace")
+            _secret(mallory)
+            _secret(grace)
+            for _ in range(16):
+                _submit(mallory, slow.url)
+                _end(dispatcher, JobStatus.cancelled)
+            job = _submit(grace, receiver.url)
+            _end(dispatcher, JobStatus.succeeded)
+            receiver.wait_for(1, timeout=30)
+            arrived = time.monotonic()
+            _job(grace, job["id"], lambda j: j["webhook"]["deliveries"][0]["status"]
+                 == "delivered")
+            deadline = time.monotonic() + 60
+            while len(slow.hung_up) < 16 and time.monotonic() < deadline:
+                time.sleep(0.1)
+    finally:
+        slow.close()
+        dispatcher.engine.dispose()
+    assert len(slow.hung_up) == 16
+    assert arrived < max(slow.hung_up)  # not behind the slow account's queue
+    events = sorted([(t, 1) for t in slow.connected] + [(t, -1) for t in slow.hung_up])
+    open_calls = peak = 0
+    for _, step in events:
+        open_calls += step
+        peak = max(peak, open_calls)
+    assert peak <= 4  # the per-account share (of 16 slots)
+
+
+class Exploding(httpx.AsyncBaseTransport):
+    """An HTTP client part that fails in a way no ``httpx.HTTPError`` covers."""
+
+    calls = 0
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        Exploding.calls += 1
+        raise ValueError("something nobody planned for")
+
+
+@SQLITE_ONLY
+def test_every_attempt_is_settled_whatever_the_error(
+        make_settings: Callable[..., WebSettings], receiver: WebhookReceiver) -> None:
+    settings = make_settings(env="dev", webhooks={**FAST, "enabled": False})
+    with TestClient(create_app(settings)) as client:
+        heidi = Account(client, "heidi")
+        _secret(heidi)
+        job = _submit(heidi, receiver.url)
+        services = client.app.state.services
+        _end(services, JobStatus.succeeded)
+
+        async def run_for(seconds: float) -> None:
+            sender = make_webhook_sender(services, transport=Exploding())
+            task = asyncio.create_task(sender.run())
+            await asyncio.sleep(seconds)
+            sender.stop()
+            await task
+
+        asyncio.run(run_for(2.0))
+        (delivery,) = heidi.get(f"/v1/jobs/{job['id']}").json()["webhook"]["deliveries"]
+    assert Exploding.calls == 3  # three attempts, then no more
+    assert delivery["status"] == "failed" and delivery["attempts"] == 3
+    assert delivery["last_error"] == "could not be sent: ValueError"
+
+
+def test_an_attempt_whose_sender_died_is_not_tried_beyond_the_limit(
+        alice: Account, elsewhere: Services, receiver: WebhookReceiver) -> None:
+    """A claim counts its attempt first; a sender killed during the last one leaves the
+    row due with every attempt spent: the next claim fails it instead of sending again."""
+    alice.client.app.state.webhook_sender.stop()
+    time.sleep(0.2)
+    _secret(alice)
+    job = _submit(alice, receiver.url)
+    _end(elsewhere, JobStatus.succeeded)
+    with elsewhere.write_session_factory() as session:
+        session.execute(update(WebhookDelivery).values(attempts=3))
+        session.commit()
+    with elsewhere.write_session_factory() as session:
+        assert outbox.claim_due(session, hold_s=60, limit=10, max_attempts=3, per_owner=4,
+                                in_flight={}) == []
+    (delivery,) = alice.get(f"/v1/jobs/{job['id']}").json()["webhook"]["deliveries"]
+    assert delivery["status"] == "failed" and "not tried again" in delivery["last_error"]
+    assert receiver.calls == []
+
+
+def test_a_disabled_accounts_webhooks_are_not_sent(
+        client: TestClient, alice: Account, elsewhere: Services,
+        receiver: WebhookReceiver) -> None:
+    admin = make_admin(client.app, Account(client, "root"))
+    _secret(alice)
+    job = _submit(alice, receiver.url)
+    assert admin.post(f"/v1/admin/users/{alice.id}/disable").status_code == 200
+    _end(elsewhere, JobStatus.succeeded)
+    time.sleep(1.0)
+    assert receiver.calls == []
+    with elsewhere.session_factory() as session:
+        delivery = session.scalars(select(WebhookDelivery)
+                                   .where(WebhookDelivery.job_id == job["id"])).one()
+    assert delivery.status == "failed" and "disabled" in (delivery.last_error or "")

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import time
 import weakref
 from collections.abc import AsyncIterator, Callable
 from typing import Annotated
 
+import anyio.from_thread
 from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
@@ -26,7 +28,7 @@ from web_backend.api.deps import (
     owned_job,
 )
 from web_backend.api.openapi import EVENT_STREAM, JOB_SUBMISSION, PNG, refusals
-from web_backend.api.submission import Submission
+from web_backend.api.submission import Submission, check_webhook_url
 from web_backend.core.errors import Conflict, NotFound, ServiceUnavailable
 from web_backend.core.models import Job, JobStatus
 from web_backend.core.security import AccessClaims
@@ -55,7 +57,13 @@ def submit(body: Submission, request: Request, response: Response, user: Current
                    description="Retrying with the same key returns the same job.")] = None,
                ) -> JobOut:
     """Queue a picture (JSON, or multipart with an image file); 202 with its place in line."""
-    job, replayed = services.submissions.submit(session, user, body, idempotency_key)
+    counted = body.webhook_url is not None
+    if body.webhook_url is not None:  # a name lookup only for a caller known and counted
+        services.submissions.count(user)
+        anyio.from_thread.run(functools.partial(check_webhook_url, services, body.webhook_url,
+                                                owner=user.id))
+    job, replayed = services.submissions.submit(session, user, body, idempotency_key,
+                                                counted=counted)
     if replayed:
         response.headers["Idempotent-Replayed"] = "true"
     elif (dispatcher := request.app.state.dispatcher) is not None:
