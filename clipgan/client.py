@@ -3,12 +3,49 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+import re
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import httpx
 
-__all__ = ["ClientError", "ClipganClient"]
+__all__ = ["ClientError", "ClipganClient", "sse_events"]
+
+
+def _lines(chunks: Iterable[bytes]) -> Iterator[str]:
+    """Lines as the SSE spec ends them: CRLF, LF or CR, and nothing else (a reader that
+    also breaks on U+2028 or NEL, as ``str.splitlines`` does, cuts events in two)."""
+    pending = b""
+    for chunk in chunks:
+        pending += chunk
+        held = pending.endswith(b"\r")  # maybe the first half of a CRLF: wait for more
+        parts = re.split(rb"\r\n|\n|\r", pending[:-1] if held else pending)
+        pending = parts.pop() + (b"\r" if held else b"")
+        for line in parts:
+            yield line.decode("utf-8", errors="replace")
+    if pending:
+        yield pending.removesuffix(b"\r").decode("utf-8", errors="replace")
+
+
+def sse_events(chunks: Iterable[bytes]) -> Iterator[tuple[str, str]]:
+    """(event, data) of each server-sent event, parsed per the HTML spec: fields
+    ``event`` and ``data`` (several data lines joined by newlines), comments skipped,
+    an event dispatched at its blank line."""
+    event, data = "message", []
+    for line in _lines(chunks):
+        if not line:
+            if data:
+                yield event, "\n".join(data)
+            event, data = "message", []
+            continue
+        if line.startswith(":"):
+            continue
+        name, _, value = line.partition(":")
+        value = value.removeprefix(" ")
+        if name == "event":
+            event = value
+        elif name == "data":
+            data.append(value)
 
 
 class ClientError(Exception):
@@ -47,15 +84,10 @@ class ClipganClient:
         """(event, job) pairs from the job's SSE stream until it is done."""
         with self.http.stream("GET", job["events_url"], timeout=None) as response:
             self._check(response)
-            event = None
-            for line in response.iter_lines():
-                if line.startswith("event: "):
-                    event = line.removeprefix("event: ")
-                elif line.startswith("data: ") and event is not None:
-                    data = json.loads(line.removeprefix("data: "))
-                    yield event, data
-                    if event == "done":
-                        return
+            for event, data in sse_events(response.iter_bytes()):
+                yield event, json.loads(data)
+                if event == "done":
+                    return
 
     def generate(self, request: dict[str, Any],
                  on_event: Callable[[str, dict[str, Any]], None] | None = None,

@@ -44,6 +44,7 @@ from ml_backend.pipeline import Pipeline
 from ml_backend.protocol import Failure, GenerationRequest, Progress, Result
 from ml_backend.search import SearchCancelled
 from ml_backend.settings import MLSettings, UnknownModelError
+from ml_backend.text import line_safe_json
 
 __all__ = ["GeneratorDeployment", "GeneratorIngress", "app_builder", "build_app",
            "deployment_options", "failure_from", "start_options"]
@@ -190,7 +191,7 @@ class GeneratorIngress:
         async def lines() -> AsyncIterator[bytes]:
             try:
                 async for message in stream:
-                    yield message.model_dump_json().encode() + b"\n"
+                    yield line_safe_json(message.model_dump_json()).encode() + b"\n"
             finally:
                 stream.cancel()  # the client went away: stop the search too
 

@@ -21,12 +21,15 @@ import re
 import unicodedata
 from typing import Final
 
-__all__ = ["LINE_BREAKS", "parse_decimal", "plain_text"]
+__all__ = ["LINE_BREAKS", "line_safe_json", "parse_decimal", "plain_text"]
 
 # every character str.splitlines() breaks on (and so httpx's and many other line readers)
 LINE_BREAKS: Final = "\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029"
 _AS_SPACE: Final = {ord(c): " " for c in "\t\n\r\v\f\u2028\u2029"}
 _DECIMAL: Final = re.compile(r"[0-9]+", re.ASCII)
+# JSON escapes every control character below U+0020 but leaves these raw
+_RAW_BREAKS: Final = {ord("\x85"): "\\u0085", ord("\u2028"): "\\u2028",
+                      ord("\u2029"): "\\u2029"}
 
 
 def plain_text(text: str) -> str:
@@ -45,3 +48,10 @@ def parse_decimal(text: str, *, max_digits: int = 19) -> int | None:
     if len(text) > max_digits or not _DECIMAL.fullmatch(text):
         return None
     return int(text)
+
+
+def line_safe_json(document: str) -> str:
+    """A JSON document with no character any line reader breaks on: the few JSON leaves
+    raw (NEL, LINE SEPARATOR, PARAGRAPH SEPARATOR) are written as escapes, which mean the
+    same characters to a JSON parser. For one-line framings: SSE ``data:``, NDJSON."""
+    return document.translate(_RAW_BREAKS)

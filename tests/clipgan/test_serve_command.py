@@ -127,11 +127,14 @@ def test_client_commands_and_the_example_bot(tmp_path: Path) -> None:
                               "--steps", "0"], capture_output=True, text=True, env=env,
                              timeout=60)
         assert bad.returncode == 2 and "422" in bad.stderr and "Traceback" not in bad.stderr
+        # a chat message with a LINE SEPARATOR once ended the bot (its client split the
+        # event stream there)
         bot = subprocess.run([sys.executable, "examples/chat_bot.py"], input=(
-            "!anime cat ears\n!sample Asuka\n"), capture_output=True, text=True, env=env,
+            "!anime cat\u2028ears\n!sample Asuka\n"), capture_output=True, text=True, env=env,
             timeout=180, cwd=Path(__file__).resolve().parents[2])
         assert bot.returncode == 0, bot.stderr
-        lines = bot.stdout.strip().splitlines()
-        assert lines[0].startswith("'cat ears' (seed ") and lines[1].startswith("here is Asuka")
+        lines = bot.stdout.strip().split("\n")
+        assert lines[0].startswith("'cat\u2028ears' (seed ")
+        assert lines[1].startswith("here is Asuka")
     finally:
         stop_serve(proc)

@@ -11,6 +11,7 @@ from ml_backend.protocol import (
     parse_prompt,
     seed_to_int,
 )
+from ml_backend.text import line_safe_json, parse_decimal, plain_text
 
 
 def test_weighted_prompt_syntax() -> None:
@@ -39,6 +40,52 @@ def test_string_seeds_are_stable_names() -> None:
     assert seed_to_int("Asuka") == seed_to_int("Asuka") != seed_to_int("Rei")
     assert seed_to_int("42") == 42
     assert 0 <= seed_to_int("Asuka") < 2**63
+
+
+# str.isdigit() is true for all of these; int() refuses most of them
+UNICODE_DIGITS = ["²", "¹²³", "①", "٣", "१२", "𝟙", "⁰", "½", "Ⅻ", "٠٠٧"]
+
+
+@pytest.mark.parametrize("text", UNICODE_DIGITS)
+def test_unicode_digits_are_names_not_numbers(text: str) -> None:
+    assert parse_decimal(text) is None
+    seed = seed_to_int(text)  # a name: hashed, never int()-ed
+    assert 0 <= seed < 2**63 and seed == seed_to_int(text)
+    assert GenerationRequest(prompt="x", seed=text).seed == text
+
+
+@pytest.mark.parametrize("text", ["+1", "-1", " 1", "1 ", "1_000", "0x1f", "1e3", "", "9" * 20])
+def test_only_plain_ascii_digits_are_decimal(text: str) -> None:
+    assert parse_decimal(text) is None
+
+
+def test_decimal_numbers() -> None:
+    assert parse_decimal("007") == 7 and parse_decimal("0") == 0
+    assert parse_decimal("9" * 19) == int("9" * 19)
+
+
+@pytest.mark.parametrize("separator", ["\u2028", "\u2029", "\n", "\r", "\t", "\v", "\f"])
+def test_line_and_paragraph_breaks_in_text_become_spaces(separator: str) -> None:
+    request = GenerationRequest(prompt=f"cat{separator}ears", negative_prompt=f"a{separator}b",
+                                seed=f"Asu{separator}ka")
+    assert request.prompt == "cat ears" and request.negative_prompt == "a b"
+    assert request.seed == "Asu ka"
+    assert len(request.model_dump_json().splitlines()) == 1
+
+
+@pytest.mark.parametrize("control", ["\x00", "\x1b", "\x1c", "\x85", "\x7f"])
+def test_other_control_characters_are_refused(control: str) -> None:
+    with pytest.raises(ValidationError, match="control character"):
+        GenerationRequest(prompt=f"cat{control}ears")
+    assert plain_text("fine") == "fine"
+
+
+def test_json_lines_stay_one_line_whatever_they_carry() -> None:
+    import json
+
+    document = json.dumps({"error": "a\u2028b\x85c\u2029d"}, ensure_ascii=False)
+    safe = line_safe_json(document)
+    assert len(safe.splitlines()) == 1 and json.loads(safe) == json.loads(document)
 
 
 @pytest.mark.parametrize(("fields", "location", "message"), [

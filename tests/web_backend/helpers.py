@@ -7,10 +7,14 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 SECRET = secrets.token_hex(32)  # the test apps' signing key
+
+# for tests of what does not depend on the database (the fixture's default is both)
+SQLITE_ONLY = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 
 
 class Account:

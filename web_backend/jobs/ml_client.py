@@ -159,6 +159,22 @@ class HandleMLClient:
             stream.cancel()  # our caller stopped listening: stop the search too
 
 
+async def _ndjson_lines(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """NDJSON lines split on b"\\n" only (a line reader that also breaks on U+2028 or
+    NEL would cut a message that carries one in a string)."""
+    buffer = bytearray()
+    async for chunk in chunks:
+        scanned = len(buffer)  # the part before had no newline
+        buffer += chunk
+        start = 0
+        while (end := buffer.find(b"\n", scanned)) >= 0:
+            yield bytes(buffer[start:end])
+            start = scanned = end + 1
+        del buffer[:start]
+    if buffer:
+        yield bytes(buffer)
+
+
 def _from_response(status: int, body: bytes) -> Failure:
     """A non-200 answer of the ingress. Its failures come as messages; the rest are the
     door's own answers (wrong secret, overloaded proxy)."""
@@ -227,7 +243,7 @@ class HttpMLClient:
                 if response.status_code != 200:
                     yield _from_response(response.status_code, await response.aread())
                     return
-                async for line in response.aiter_lines():
+                async for line in _ndjson_lines(response.aiter_bytes()):
                     if line:
                         yield _MESSAGE.validate_json(line)
         except httpx.HTTPError as exc:

@@ -73,3 +73,20 @@ def test_killing_the_replica_mid_job_retries_and_completes(cluster: dict, make_s
         with app.state.services.session_factory() as session:
             assert session.get(Job, job["id"]).attempts == 2
         assert handle.info.remote().result()["replica"]["pid"] != victim
+
+
+@pytest.mark.parametrize("size", [1, 5, 1000])
+def test_ndjson_lines_end_only_at_newlines(size: int) -> None:
+    import asyncio
+
+    from web_backend.jobs.ml_client import _ndjson_lines
+
+    data = '{"message": "a\u2028b\x85c"}\n{"n": 2}\n{"n": 3}'.encode()
+
+    async def lines() -> list[bytes]:
+        async def chunks():
+            for i in range(0, len(data), size):
+                yield data[i:i + size]
+        return [line async for line in _ndjson_lines(chunks())]
+
+    assert asyncio.run(lines()) == data.split(b"\n")

@@ -68,3 +68,22 @@ def test_links_stop_working_when_the_owner_is_disabled(app: FastAPI, client: Tes
         assert refused.json() == {"detail": "this link is invalid or has expired"}
     assert admin.post(f"/v1/admin/users/{alice.id}/enable").status_code == 200
     assert client.get(urls[0]).status_code == 200
+
+
+def test_an_event_is_one_line_for_any_line_reader(app: FastAPI, client: TestClient,
+                                                  alice: Account) -> None:
+    """httpx's iter_lines (str.splitlines) also breaks on U+2028, U+2029 and NEL: a prompt
+    or an error carrying one once cut an event in two and crashed Python clients."""
+    from ml_backend.protocol import Failure
+    from web_backend.core.models import Job, utcnow
+
+    job = submit(alice, prompt="cat\u2028ears\u2029smile").json()
+    assert job["request"]["prompt"] == "cat ears smile"  # stored as plain text
+    error = Failure(code="invalid_request", message="part 'a\u2028b\x85c' is odd").public_message
+    with app.state.services.session_factory() as session:
+        row = session.get(Job, job["id"])
+        row.status, row.finished_at, row.error = "failed", utcnow(), error
+        session.commit()
+    events = _events(client, f"/v1/jobs/{job['id']}/events", headers=alice.auth)
+    assert [name for name, _ in events] == ["status", "done"]
+    assert events[-1][1]["error"] == error

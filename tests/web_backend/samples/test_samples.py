@@ -12,6 +12,7 @@ from PIL import Image
 
 from ml_backend.protocol import sample_latent, seed_to_int
 from ml_backend.stylegan2 import to_uint8_images
+from tests.web_backend.helpers import SQLITE_ONLY
 from web_backend.app import create_app
 from web_backend.core.settings import WebSettings
 from web_backend.jobs.ml_client import HandleMLClient
@@ -35,6 +36,18 @@ def test_samples_by_name_are_stable_and_cached(make_settings: Callable[..., WebS
         assert limited.status_code == 429 and "retry-after" in limited.headers
         bad = client.get("/v1/sample.png", params={"psi": 5})
         assert bad.status_code in (422, 429)
+
+
+@SQLITE_ONLY
+def test_a_seed_of_unicode_digits_is_a_name(sample_graph: Path,
+                                            make_settings: Callable[..., WebSettings]) -> None:
+    """``"²".isdigit()`` is true and ``int("²")`` fails: such a seed once reached a 500."""
+    app = create_app(make_settings(samples={"onnx": sample_graph, "per_minute": 100}))
+    with TestClient(app) as client:
+        for seed in ("²", "①", "¹²³", "٣"):
+            r = client.get("/v1/sample.png", params={"seed": seed})
+            assert r.status_code == 200, (seed, r.text)
+            assert r.headers["x-seed"] == str(seed_to_int(seed))
 
 
 def test_samples_without_an_ml_side_are_503(client: TestClient) -> None:

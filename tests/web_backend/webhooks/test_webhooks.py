@@ -18,7 +18,13 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select, update
 from standardwebhooks.webhooks import Webhook
 
-from tests.web_backend.helpers import Account, TricklingReceiver, WebhookReceiver, make_admin
+from tests.web_backend.helpers import (
+    SQLITE_ONLY,
+    Account,
+    TricklingReceiver,
+    WebhookReceiver,
+    make_admin,
+)
 from web_backend.app import build_services, create_app, make_webhook_sender
 from web_backend.core.models import JobStatus, WebhookDelivery
 from web_backend.core.settings import WebSettings
@@ -203,7 +209,7 @@ INTERNAL = [
     "http://192.0.0.8/hook",                       # IETF protocol assignments
     "http://example.com:0/hook",                   # port 0
 ]
-SQLITE_ONLY = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+
 
 
 @pytest.fixture

@@ -16,6 +16,7 @@ from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 
+from ml_backend.text import line_safe_json
 from web_backend.api.deps import (
     AccessClaimsDep,
     CurrentUser,
@@ -196,7 +197,9 @@ async def events(access: StreamAccessDep, services: ServicesDep,
 
 
 def _event(name: str, out: JobOut) -> str:
-    return f"id: {out.progress.step}\nevent: {name}\ndata: {out.model_dump_json()}\n\n"
+    """One event; its ``data`` is one line for any line reader (``line_safe_json``)."""
+    return (f"id: {out.progress.step}\nevent: {name}\n"
+            f"data: {line_safe_json(out.model_dump_json())}\n\n")
 
 
 async def _job_events(services: Services, watch: Watch, expires_at: int,
