@@ -31,12 +31,12 @@ def sse_events(chunks: Iterable[bytes]) -> Iterator[tuple[str, str]]:
     """(event, data) of each server-sent event, parsed per the HTML spec: fields
     ``event`` and ``data`` (several data lines joined by newlines), comments skipped,
     an event dispatched at its blank line."""
-    event, data = "message", []
+    event, data = "message", list[str]()
     for line in _lines(chunks):
         if not line:
             if data:
                 yield event, "\n".join(data)
-            event, data = "message", []
+            event, data = "message", list[str]()
             continue
         if line.startswith(":"):
             continue
