@@ -44,12 +44,13 @@ from web_backend.live.login_cache import LoginCache
 from web_backend.live.sources import (
     ChangeSource,
     FeedKind,
+    LoginChanges,
     PollChanges,
     PostgresChanges,
     RedisChanges,
+    RedisPublisher,
     publish_each,
     publish_users,
-    redis_publisher,
     resolve_feed_kind,
 )
 from web_backend.live.streams import StreamGate
@@ -77,13 +78,13 @@ def build_services(settings: WebSettings, ml_client: MLClient | None = None) -> 
     logins = LoginCache(max_age_s=settings.auth.login_cache_s)
     signing_key = settings.signing_key()
     views = KeptViews()
-    publish = redis_publisher(redis_url) if feed_kind == "redis" and redis_url else None
+    publisher = RedisPublisher(redis_url) if feed_kind == "redis" and redis_url else None
     # this process's reads see its own writes at once; Redis tells the others
     on_jobs: list[JobsHeard] = [views.forget]
     on_logins: list[LoginsHeard] = [logins.forget_users]
-    if publish is not None:
-        on_jobs.append(publish_each(publish))
-        on_logins.append(publish_users(publish))
+    if publisher is not None:
+        on_jobs.append(publish_each(publisher.publish))
+        on_logins.append(publish_users(publisher.publish))
     for factory in (session_factory, write_session_factory):
         announce_commits(factory, jobs=on_jobs, logins=on_logins)
     storage = LocalBlobStore(settings.data.dir / "blobs")
@@ -106,7 +107,7 @@ def build_services(settings: WebSettings, ml_client: MLClient | None = None) -> 
         sample_cache=SampleCache(settings.samples.cache_size),
         resolver=Resolver(),
     )
-    services.feed = _job_feed(services, feed_kind)
+    services.feed = _job_feed(services, feed_kind, publisher)
     if settings.samples.onnx is not None:
         services.onnx_samples = OnnxSampler(settings.samples.onnx,
                                             threads=settings.samples.onnx_threads)
@@ -115,7 +116,7 @@ def build_services(settings: WebSettings, ml_client: MLClient | None = None) -> 
     return services
 
 
-def _job_feed(services: Services, kind: FeedKind) -> JobFeed:
+def _job_feed(services: Services, kind: FeedKind, publisher: RedisPublisher | None) -> JobFeed:
     settings = services.settings
 
     def load(job_ids: frozenset[str]) -> dict[str, JobView | None]:
@@ -128,7 +129,9 @@ def _job_feed(services: Services, kind: FeedKind) -> JobFeed:
     if kind == "postgres":
         source = PostgresChanges(settings.data.resolved_database_url)
     elif kind == "redis" and settings.data.redis_url:
-        source = RedisChanges(settings.data.redis_url)
+        source = RedisChanges(settings.data.redis_url, publisher=publisher,
+                              logins=LoginChanges(services.session_factory),
+                              wanted=lambda: feed.watching or _cached())
     else:
         source = PollChanges(services.session_factory, lambda: feed.watching or _cached(),
                              interval_s=settings.feed.poll_s)

@@ -228,6 +228,7 @@ class StreamAccess:
     job_id: str
     expires_at: int            # the credential's end: the stream ends then
     user_id: int | None        # signed in as; None for a signed link (anyone holding it)
+    claims: AccessClaims | None = None  # the login that opened it, checked again when it changes
 
     def check(self, owner_id: int, owner_active: bool) -> None:
         """Raises what the other job routes would for the job's owner and standing."""
@@ -261,7 +262,7 @@ async def get_stream_access(job_id: JobId, services: ServicesDep,
         return StreamAccess(job_id, exp, None)
     claims = _claims(token, services)
     await check_live_login(services, claims)
-    return StreamAccess(job_id, claims.expires_at, claims.user_id)
+    return StreamAccess(job_id, claims.expires_at, claims.user_id, claims)
 
 
 StreamAccessDep = Annotated[StreamAccess, Depends(get_stream_access)]

@@ -67,11 +67,18 @@ VisibleLoader = Callable[[frozenset[str]], dict[str, Visible]]    # missing: no 
 
 class Watch:
     """One stream's subscription: ``changed`` is set when its job's view changed (or the
-    server is stopping); ``view`` is the latest."""
+    server is stopping, or ``login_changed``); ``view`` is the latest.
 
-    def __init__(self, feed: JobFeed, job_id: str) -> None:
+    ``viewer``: the user whose login opened the stream (None for a signed link). When the
+    feed hears that this user's logins changed (a logout, a password change, a disable,
+    a revoked key), ``login_changed`` is set: the stream checks its login again.
+    """
+
+    def __init__(self, feed: JobFeed, job_id: str, viewer: int | None = None) -> None:
         self.feed = feed
         self.job_id = job_id
+        self.viewer = viewer
+        self.login_changed = False
         self.changed = asyncio.Event()
         self._read: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
@@ -137,14 +144,15 @@ class JobFeed:
     def watchers(self) -> int:
         return sum(len(watches) for watches in self._watchers.values())
 
-    def subscribe(self, job_id: str) -> Watch:
+    def subscribe(self, job_id: str, *, viewer: int | None = None) -> Watch:
         """Follow ``job_id`` until ``watch.close()``; ``await watch.ready()`` for its view.
+        ``viewer``: whose login opened the stream (see :class:`Watch`).
 
         The watch is registered before its first read, so a change that lands during
         that read is not missed. The first read is fresh even when others already follow
         the job: it is where the stream's access is decided.
         """
-        watch = Watch(self, job_id)
+        watch = Watch(self, job_id, viewer)
         self._watchers.setdefault(job_id, set()).add(watch)
         self._unread.setdefault(job_id, []).append(watch)
         self._dirty.add(job_id)
@@ -203,7 +211,8 @@ class JobFeed:
             if watches:
                 old = self._views.get(job_id, ...)
                 self._views[job_id] = view
-                if old is ... or old is None or view is None or old.visible != view.visible:
+                if old is ... or old is None or view is None or old.visible != view.visible \
+                        or old.owner_active != view.owner_active:
                     for watch in list(watches):
                         watch.changed.set()
             for watch in waiting.get(job_id, ()):
@@ -221,12 +230,28 @@ class JobFeed:
             return
         users = {key for key in batch if key.startswith(USER_PREFIX)}
         if users:
-            user_ids = {parse_decimal(key[len(USER_PREFIX):]) for key in users} - {None}
-            self.logins.forget_users(user_id for user_id in user_ids if user_id is not None)
+            parsed = {parse_decimal(key[len(USER_PREFIX):]) for key in users}
+            user_ids = {user_id for user_id in parsed if user_id is not None}
+            self.logins.forget_users(user_ids)
+            self._logins_changed(user_ids)
             batch = batch - users
         if batch:
             self.kept.forget(batch)
         self.changed(batch)
+
+    def _logins_changed(self, user_ids: set[int]) -> None:
+        """Streams opened by these users' logins check them again; jobs these users own
+        are read again (a disabled owner's links open nothing, so their streams end)."""
+        owned = []
+        for job_id, watches in self._watchers.items():
+            view = self._views.get(job_id)
+            if view is not None and view.owner_id in user_ids:
+                owned.append(job_id)
+            for watch in watches:
+                if watch.viewer in user_ids:
+                    watch.login_changed = True
+                    watch.changed.set()
+        self.changed(owned)
 
     async def _listen(self) -> None:
         async for batch in self.source():

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from collections.abc import AsyncIterator, Callable
 from datetime import datetime, timedelta
 from typing import Final, Literal
@@ -30,9 +31,24 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from web_backend.core.models import Job, User, utcnow
 
-__all__ = ["LOST", "PG_CHANNEL", "REDIS_CHANNEL", "RESYNC", "USER_PREFIX", "ChangeBatch",
-           "ChangeSource", "FeedKind", "PollChanges", "PostgresChanges", "RedisChanges",
-           "publish_each", "publish_users", "redis_publisher", "resolve_feed_kind"]
+__all__ = [
+    "LOST",
+    "PG_CHANNEL",
+    "REDIS_CHANNEL",
+    "RESYNC",
+    "USER_PREFIX",
+    "ChangeBatch",
+    "ChangeSource",
+    "FeedKind",
+    "LoginChanges",
+    "PollChanges",
+    "PostgresChanges",
+    "RedisChanges",
+    "RedisPublisher",
+    "publish_each",
+    "publish_users",
+    "resolve_feed_kind",
+]
 
 log = logging.getLogger(__name__)
 
@@ -95,39 +111,98 @@ class PostgresChanges:
                 attempt += 1
 
 
-class RedisChanges:
-    """Subscribed to ``clipgan:jobs``. redis-py re-subscribes by itself after a dropped
-    connection; each (re)subscription is answered by a ``subscribe`` message, which is
-    where a gap may be: resync there."""
+class LoginChanges:
+    """Users whose logins changed since a time, read from ``users.logins_changed_at``
+    (what :func:`~web_backend.core.changes.logins_changed` moves in the same
+    transaction): the database's own record, for when a message may have been lost."""
 
-    def __init__(self, redis_url: str) -> None:
+    def __init__(self, session_factory: sessionmaker[Session]) -> None:
+        self.session_factory = session_factory
+
+    def since(self, session: Session, moment: datetime) -> list[tuple[str, datetime]]:
+        return [(f"{USER_PREFIX}{user_id}", changed) for user_id, changed in session.execute(
+            select(User.id, User.logins_changed_at)
+            .where(User.logins_changed_at > moment)).all() if changed is not None]
+
+
+class RedisChanges:
+    """Subscribed to ``clipgan:jobs``. Each (re)subscription is answered by a
+    ``subscribe`` message, which is where a gap may be: resync there.
+
+    Publishing is best effort after a commit, so two more things keep the promise that a
+    cached login never outlives its end:
+
+    * ``publisher``: this process's own publisher. While a message of ours waits to be
+      published again (Redis did not take it), this feed counts as lost here too (the
+      login cache is off) and the message is retried every tick; once it is out, resync.
+    * ``logins`` (with ``wanted``): while anything is cached or watched, every tick also
+      reads which users' logins changed in the database. A worker that Redis can reach
+      while the worker that ended a login cannot (a partition) still hears it within a
+      tick, not after the cache's age.
+    """
+
+    def __init__(self, redis_url: str, *, publisher: RedisPublisher | None = None,
+                 logins: LoginChanges | None = None, wanted: Callable[[], bool] = bool,
+                 tick_s: float = 1.0, overlap_s: float = 2.0) -> None:
         self.redis_url = redis_url
+        self.publisher = publisher
+        self.logins = logins
+        self.wanted = wanted
+        self.tick_s = tick_s
+        self.overlap = timedelta(seconds=overlap_s)
 
     async def __call__(self) -> AsyncIterator[ChangeBatch]:
         from redis import asyncio as aioredis
         from redis.exceptions import RedisError
 
         attempt = 0
+        seen: dict[str, datetime] = {}
+        since = utcnow() - self.overlap
         while True:
             client = aioredis.Redis.from_url(self.redis_url, socket_connect_timeout=5,
                                              health_check_interval=10)
+            unsent = False  # told the feed that one of our messages is not out yet
             try:
                 async with client.pubsub() as pubsub:
                     await pubsub.subscribe(REDIS_CHANNEL)
-                    async for message in pubsub.listen():
-                        if message["type"] == "subscribe":
+                    while True:
+                        message = await pubsub.get_message(timeout=self.tick_s)
+                        if message is not None and message["type"] == "subscribe":
                             attempt = 0
                             yield RESYNC
-                        elif message["type"] == "message":
+                        elif message is not None and message["type"] == "message":
                             data = message["data"]
                             yield frozenset((data.decode() if isinstance(data, bytes)
                                              else str(data),))
+                        if self.publisher is not None:
+                            if self.publisher.waiting and not unsent:
+                                unsent = True
+                                yield LOST
+                            if unsent and await asyncio.to_thread(self.publisher.flush):
+                                unsent = False
+                                yield RESYNC
+                        if self.logins is not None:
+                            if not self.wanted():
+                                since, seen = utcnow() - self.overlap, {}
+                                continue
+                            tick = utcnow()
+                            rows = await asyncio.to_thread(_read_since, self.logins, since)
+                            changed = frozenset(k for k, at in rows if seen.get(k) != at)
+                            seen, since = dict(rows), tick - self.overlap
+                            if changed:
+                                yield changed
             except (RedisError, OSError) as exc:
                 yield LOST
                 await _backoff(attempt, "Redis subscription", exc)
                 attempt += 1
             finally:
                 await client.aclose()
+
+
+
+def _read_since(logins: LoginChanges, moment: datetime) -> list[tuple[str, datetime]]:
+    with logins.session_factory() as session:
+        return logins.since(session, moment)
 
 
 class PollChanges:
@@ -150,11 +225,8 @@ class PollChanges:
         with self.session_factory() as session:
             jobs = session.execute(select(Job.id, Job.updated_at)
                                    .where(Job.updated_at > since)).all()
-            users = session.execute(select(User.id, User.logins_changed_at)
-                                    .where(User.logins_changed_at > since)).all()
-        return ([(job_id, updated) for job_id, updated in jobs]
-                + [(f"{USER_PREFIX}{user_id}", changed) for user_id, changed in users
-                   if changed is not None])
+            users = LoginChanges(self.session_factory).since(session, since)
+        return [(job_id, updated) for job_id, updated in jobs] + users
 
     async def __call__(self) -> AsyncIterator[ChangeBatch]:
         seen: dict[str, datetime] = {}
@@ -187,45 +259,79 @@ class PollChanges:
 
 # --- telling the other processes: Redis publishing after this process's commits ---
 
-def redis_publisher(redis_url: str) -> Callable[[str], bool]:
-    """Publishes one message on the feed's channel, best effort: the row is already
-    committed, and a subscriber that missed it re-reads when its subscription comes
-    back (its login cache is off until then)."""
-    import redis
+class RedisPublisher:
+    """Publishes feed messages after this process's commits.
 
-    client = redis.Redis.from_url(redis_url, socket_timeout=1, socket_connect_timeout=1)
+    The row is already committed when a message goes out, so a message Redis does not
+    take is not dropped: it is kept (up to ``max_waiting``) and sent again every tick of
+    :class:`RedisChanges`, which meanwhile reports this feed as lost (this process's
+    login cache stays off until the others can have heard). Each call gives up after
+    ``timeout_s``: a commit never waits on an unreachable Redis for long.
+    """
 
-    def publish(message: str) -> bool:
+    def __init__(self, redis_url: str, *, timeout_s: float = 1.0,
+                 max_waiting: int = 10_000) -> None:
+        import redis
+
+        self._client = redis.Redis.from_url(redis_url, socket_timeout=timeout_s,
+                                            socket_connect_timeout=timeout_s)
+        self._error = redis.RedisError
+        self.max_waiting = max_waiting
+        self._waiting: dict[str, None] = {}  # ordered, without duplicates
+        self._lock = threading.Lock()
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiting)
+
+    def _send(self, message: str) -> bool:
         try:
-            client.publish(REDIS_CHANNEL, message)
-        except redis.RedisError as exc:
-            log.warning("job feed: could not publish %s (%s)", message, exc)
+            self._client.publish(REDIS_CHANNEL, message)
+        except self._error as exc:
+            log.warning("job feed: could not publish %s (%s); kept to send again",
+                        message, exc)
             return False
         return True
 
-    return publish
+    def publish(self, message: str) -> bool:
+        """Publish now, or keep it for :meth:`flush` (and say False)."""
+        if self._waiting or not self._send(message):
+            with self._lock:
+                self._waiting[message] = None
+                while len(self._waiting) > self.max_waiting:  # the oldest: the logins poll
+                    self._waiting.pop(next(iter(self._waiting)))  # of the others has it
+            return False
+        return True
+
+    def flush(self) -> bool:
+        """Send what waits, oldest first; True when nothing waits any more."""
+        with self._lock:
+            waiting = list(self._waiting)
+        for message in waiting:
+            if not self._send(message):
+                return False
+            with self._lock:
+                self._waiting.pop(message, None)
+        return not self._waiting
 
 
 def publish_each(publish: Callable[[str], bool]) -> Callable[[frozenset[str]], None]:
     """A ``jobs`` listener for :func:`~web_backend.core.changes.announce_commits` that
-    publishes each job on Redis, giving up on the rest of a commit once Redis does not
-    answer."""
+    publishes each job on Redis (what Redis does not take, the publisher keeps)."""
 
     def publish_jobs(job_ids: frozenset[str]) -> None:
         for job_id in job_ids:
-            if not publish(job_id):
-                return
+            publish(job_id)
 
     return publish_jobs
 
 
 def publish_users(publish: Callable[[str], bool]) -> Callable[[frozenset[int]], None]:
     """A ``logins`` listener for :func:`~web_backend.core.changes.announce_commits` that
-    publishes ``user:<id>`` for each user, giving up once Redis does not answer."""
+    publishes ``user:<id>`` for each user (what Redis does not take, the publisher keeps)."""
 
     def publish_logins(user_ids: frozenset[int]) -> None:
         for user_id in user_ids:
-            if not publish(f"{USER_PREFIX}{user_id}"):
-                return
+            publish(f"{USER_PREFIX}{user_id}")
 
     return publish_logins

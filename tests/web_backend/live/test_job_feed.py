@@ -199,7 +199,8 @@ def test_a_reconnecting_client_gets_no_progress_twice(
 def test_a_followed_job_is_still_refused_once_its_owner_is_disabled(
         app: FastAPI, client: TestClient, alice: Account, elsewhere: Services) -> None:
     """Opening a stream reads the job afresh even when this process already follows it:
-    a cached view must not keep a disabled account's links working."""
+    a cached view must not keep a disabled account's links working; and the stream that
+    was open ends, sending nothing more."""
     job = _submit(alice)
     stream = Stream(client, job["events_url"])
     stream.wait_for(lambda e: len(e) == 1)
@@ -210,9 +211,11 @@ def test_a_followed_job_is_still_refused_once_its_owner_is_disabled(
     assert refused.json() == {"detail": "this link is invalid or has expired"}
     missing = client.get(job["events_url"].replace(job["id"], "no-such-job"))
     assert missing.status_code == 403  # the link's signature covers the job id
+    stream.thread.join(10)
+    assert not stream.thread.is_alive(), "a disabled account's stream went on"
     claim = _claim(elsewhere)
     _write(elsewhere, queue.finish, claim, status=JobStatus.cancelled, error="cancelled")
-    stream.done()
+    assert stream.names == ["status"]
 
 
 @pytest.mark.parametrize("feed_settings", ["poll"], indirect=True)

@@ -5,6 +5,7 @@ PostgreSQL, Redis), login cache, kept views and event loop."""
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -190,16 +191,21 @@ class Workers:
 
     def finished_job(self, owner: Account) -> str:
         """A job of ``owner``'s that the ML side finished."""
-        r = owner.post("/v1/jobs", json={"prompt": "smile", "steps": 4})
-        assert r.status_code == 202, r.text
-        services = self.a.state.services
-        with services.write_session_factory() as session:
-            claim = queue.claim(session, owner="test", lease_s=60)
-        assert claim is not None and claim.job_id == r.json()["id"]
-        with services.write_session_factory() as session:
-            queue.finish(session, claim, status=JobStatus.succeeded,
-                         result_key=services.storage.put(b"\x89PNG picture"), seed=3, score=0.3)
-        return claim.job_id
+        return _finished_job(self.a, owner)
+
+
+def _finished_job(app: FastAPI, owner: Account) -> str:
+    """A job of ``owner``'s that ``app``'s dispatcher finished."""
+    r = owner.post("/v1/jobs", json={"prompt": "smile", "steps": 4})
+    assert r.status_code == 202, r.text
+    services = app.state.services
+    with services.write_session_factory() as session:
+        claim = queue.claim(session, owner="test", lease_s=60)
+    assert claim is not None and claim.job_id == r.json()["id"]
+    with services.write_session_factory() as session:
+        queue.finish(session, claim, status=JobStatus.succeeded,
+                     result_key=services.storage.put(b"\x89PNG picture"), seed=3, score=0.3)
+    return claim.job_id
 
 
 def _until(condition: Callable[[], bool], what: str, timeout: float = 10) -> None:
@@ -411,3 +417,147 @@ def test_a_dropped_feed_empties_the_cache_until_it_is_heard_again(workers: Worke
             assert second.get(url, headers=headers).status_code == 200
         assert sql, "the first read after the gap checks the login in the database"
         assert len(logins) == 1
+
+
+class _Follower:
+    """An event stream read on its own thread: what it got, and whether it has ended."""
+
+    def __init__(self, client: TestClient, url: str, **kw: Any) -> None:
+        import threading
+
+        self.lines: list[str] = []
+        self.status = 0
+        self.ended = threading.Event()
+
+        def follow() -> None:
+            try:
+                with client.stream("GET", url, **kw) as response:
+                    self.status = response.status_code
+                    for line in response.iter_lines():
+                        self.lines.append(line)
+            except Exception:  # the test's client closed under a stream still open
+                pass
+            finally:
+                self.ended.set()
+
+        threading.Thread(target=follow, daemon=True).start()
+
+    def events(self) -> list[str]:
+        return [line.removeprefix("event: ") for line in list(self.lines)
+                if line.startswith("event: ")]
+
+
+@pytest.mark.parametrize("end_login", [_logout, _disable], ids=["logout", "admin-disable"])
+def test_an_open_stream_ends_with_its_login_on_every_worker(
+        workers: Workers, end_login: Callable[[Workers, TestClient, Account], None]) -> None:
+    """A stream opened on worker b by a login that then ends on worker a sends nothing
+    more (no progress, no freshly signed link); on a disable, streams opened with the
+    account's signed links end too."""
+    with workers.running() as (first, second):
+        alice = Account(first, "alice")
+        claim = workers.running_job(alice)
+        url = f"/v1/jobs/{claim.job_id}"
+        events_url = second.get(url, headers=alice.auth).json()["events_url"]
+        by_token = _Follower(second, f"{url}/events", headers=alice.auth)
+        by_link = _Follower(second, events_url)
+        _until(lambda: by_token.events() == ["status"] and by_link.events() == ["status"],
+               "both streams start")
+        workers.progress(claim, 1)
+        _until(lambda: "progress" in by_token.events(), "the stream follows the job")
+        end_login(workers, first, alice)
+        assert by_token.ended.wait(_LONG_LIFE_S / 20), "the stream outlived its login"
+        if end_login is _disable:
+            assert by_link.ended.wait(10), "a disabled account's link still streams"
+        seen = len(by_token.lines)
+        workers.progress(claim, 2)
+        time.sleep(0.5)
+        assert len(by_token.lines) == seen and by_token.events().count("progress") == 1
+        assert second.get(f"{url}/events", headers=alice.auth).status_code == 401
+    by_link.ended.wait(10)
+
+
+class _Proxy:
+    """A TCP proxy to Redis that can cut every connection through it (a partition)."""
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        import socket
+        import threading
+
+        self.target = target
+        self.cut = threading.Event()
+        self._conns: list[Any] = []
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        import socket
+        import threading
+
+        while True:
+            try:
+                client, _ = self.sock.accept()
+            except OSError:
+                return
+            if self.cut.is_set():
+                client.close()
+                continue
+            upstream = socket.create_connection(self.target)
+            self._conns += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(source: Any, sink: Any) -> None:
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+
+    def partition(self) -> None:
+        import socket
+
+        self.cut.set()
+        for conn in self._conns:
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
+                conn.close()
+
+    def close(self) -> None:
+        self.partition()
+        self.sock.close()
+
+
+@pytest.mark.parametrize("feed_settings", ["redis"], indirect=True)
+def test_a_login_ended_on_a_worker_cut_off_from_redis_is_refused_by_the_others(
+        feed_settings: WebSettings) -> None:
+    """Worker a loses Redis, worker b keeps it: a's publish of the logout cannot go out,
+    so a counts its feed as lost (its cache off) and b reads the change from the
+    database within its tick, not after the cache's 300 s."""
+    from urllib.parse import urlparse
+
+    target = urlparse(feed_settings.data.redis_url)
+    proxy = _Proxy((target.hostname or "127.0.0.1", target.port or 6379))
+    auth = feed_settings.auth.model_copy(update={"login_cache_s": _LONG_LIFE_S})
+    settings_b = feed_settings.model_copy(update={"auth": auth})
+    data_a = settings_b.data.model_copy(
+        update={"redis_url": f"redis://127.0.0.1:{proxy.port}/0"})
+    a, b = create_app(settings_b.model_copy(update={"data": data_a})), create_app(settings_b)
+    try:
+        with TestClient(a) as first, TestClient(b) as second:
+            for app in (a, b):
+                _until(lambda app=app: app.state.services.logins.enabled, "the feed connects")
+            alice = Account(second, "alice")
+            job_id = _finished_job(b, alice)
+            url, headers = f"/v1/jobs/{job_id}", alice.auth
+            for client in (first, second, second):
+                assert client.get(url, headers=headers).status_code == 200
+            proxy.partition()
+            assert first.post("/v1/auth/logout", headers=headers).status_code == 204
+            assert first.get(url, headers=headers).status_code == 401  # where it happened
+            _until(lambda: second.get(url, headers=headers).status_code == 401,
+                   "the other worker refuses the ended login", timeout=15)
+            _until(lambda: not a.state.services.logins.enabled, "a counts its feed as lost")
+    finally:
+        proxy.close()

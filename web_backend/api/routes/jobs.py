@@ -24,7 +24,9 @@ from web_backend.api.deps import (
     OwnedJob,
     ServicesDep,
     SessionDep,
+    StreamAccess,
     StreamAccessDep,
+    check_live_login,
     job_by_token_or_link,
     owned_job,
 )
@@ -175,7 +177,7 @@ async def events(access: StreamAccessDep, services: ServicesDep,
     Each event's ``id`` is the job's progress step. A stream starts with a ``status``
     event carrying the whole job, and costs the server nothing while the job is idle.
     """
-    watch = services.feed.subscribe(access.job_id)
+    watch = services.feed.subscribe(access.job_id, viewer=access.user_id)
     try:
         try:
             view = await asyncio.wait_for(watch.ready(), FIRST_READ_TIMEOUT_S)
@@ -189,7 +191,7 @@ async def events(access: StreamAccessDep, services: ServicesDep,
     except BaseException:
         watch.close()
         raise
-    events = _job_events(services, watch, access.expires_at, last_event_id, release)
+    events = _job_events(services, watch, access, last_event_id, release)
     weakref.finalize(events, release)  # a stream never started still gives its place back
     weakref.finalize(events, watch.close)
     return StreamingResponse(events, media_type="text/event-stream",
@@ -202,11 +204,30 @@ def _event(name: str, out: JobOut) -> str:
             f"data: {line_safe_json(out.model_dump_json())}\n\n")
 
 
-async def _job_events(services: Services, watch: Watch, expires_at: int,
+async def _still_allowed(services: Services, watch: Watch, access: StreamAccess,
+                         view: JobView) -> bool:
+    """Whether the credential that opened the stream still opens it: its login was not
+    ended (checked again whenever the feed says the viewer's logins changed) and the
+    job's owner is not disabled (a signed link opens nothing then)."""
+    if not view.owner_active:
+        return False
+    if watch.login_changed and access.claims is not None:
+        watch.login_changed = False
+        try:
+            await check_live_login(services, access.claims)
+        except Exception:  # ended, disabled, or the database cannot say: end the stream
+            return False
+    return True
+
+
+async def _job_events(services: Services, watch: Watch, access: StreamAccess,
                       last_event_id: int | None, release: Callable[[], None],
                       ) -> AsyncIterator[str]:
     """Ends when the job does, the client leaves (Starlette cancels it), the credential
-    that opened it expires (the page then asks for a fresh link) or the server stops."""
+    that opened it expires (the page then asks for a fresh link) or stops opening it (a
+    logout, a password change, a disable, on any worker: no event or link after it), or
+    the server stops."""
+    expires_at = access.expires_at
     try:
         shown: JobView | None = None
         floor = -1 if last_event_id is None else last_event_id  # progress already sent
@@ -216,6 +237,8 @@ async def _job_events(services: Services, watch: Watch, expires_at: int,
             view = watch.view
             if view is None:  # deleted with its account
                 yield "event: done\ndata: {}\n\n"
+                return
+            if not await _still_allowed(services, watch, access, view):
                 return
             if view is not shown:
                 out = services.job_viewer.relinked(view.out, expires_at)
