@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -19,7 +20,13 @@ import pytest
 from fastapi.testclient import TestClient
 from standardwebhooks.webhooks import Webhook
 
-from clipgan.webhooks import Receiver, WebhookVerificationError, verify
+from clipgan.webhooks import (
+    Receiver,
+    ReplayGuard,
+    WebhookReplayed,
+    WebhookVerificationError,
+    verify,
+)
 from tests.servers import free_port
 from tests.web_backend.helpers import SECRET, Account
 from web_backend.app import create_app
@@ -126,3 +133,84 @@ def test_clipgan_client_listen_prints_verified_events(tmp_path: Path) -> None:
     assert json.loads(out.strip()) == {"webhook_id": "msg_42", "type": "job.completed",
                                        "job": "j1", "status": "succeeded",
                                        "image_url": "/v1/jobs/j1/image?exp=1&sig=s"}
+
+
+@pytest.mark.parametrize("rewrite", ["{ts}.999", "+{ts}e0", " {ts}", "{ts}.0", "0{ts}x",
+                                     "{ts}\u00b2", "{ts}e0"])
+def test_a_rewritten_timestamp_is_refused_though_the_signature_still_matches(
+        rewrite: str) -> None:
+    """The signature covers the timestamp as a number; a rewritten spelling of that
+    number must not pass for it (it would let a message be replayed under new text)."""
+    body = json.dumps({"type": "job.completed", "data": {"id": "j1"}})
+    headers = _signed(body)
+    headers["webhook-timestamp"] = rewrite.format(ts=headers["webhook-timestamp"])
+    with pytest.raises(WebhookVerificationError, match="digits"):
+        verify(SIGNING, body.encode(), headers)
+
+
+def test_messages_from_the_future_are_refused_beyond_clock_skew() -> None:
+    body = json.dumps({"type": "job.completed", "data": {"id": "j1"}})
+    soon = datetime.fromtimestamp(time.time() + 30, UTC)
+    later = datetime.fromtimestamp(time.time() + 290, UTC)
+    assert verify(SIGNING, body.encode(), _signed(body, at=soon))["data"]["id"] == "j1"
+    with pytest.raises(WebhookVerificationError, match="future"):
+        verify(SIGNING, body.encode(), _signed(body, at=later))
+
+
+def test_a_replayed_message_is_recognised() -> None:
+    body = json.dumps({"type": "job.completed", "data": {"id": "j1"}})
+    headers, seen = _signed(body, msg_id="msg_7"), ReplayGuard()
+    verify(SIGNING, body.encode(), headers, seen=seen)
+    with pytest.raises(WebhookReplayed):
+        verify(SIGNING, body.encode(), headers, seen=seen)
+    assert verify(SIGNING, body.encode(), _signed(body, msg_id="msg_8"), seen=seen)
+
+
+def test_the_receiver_hands_a_message_over_once() -> None:
+    got: list[str] = []
+    receiver = Receiver(SIGNING, lambda webhook_id, _: got.append(webhook_id)).start()
+    try:
+        body = json.dumps({"type": "job.completed", "data": {"id": "j1"}})
+        headers = _signed(body, msg_id="msg_9")
+        answers = [httpx.post(f"http://127.0.0.1:{receiver.port}/", content=body,
+                              headers=headers).status_code for _ in range(3)]
+    finally:
+        receiver.close()
+    assert answers == [204, 204, 204] and got == ["msg_9"]
+
+
+def test_slow_senders_hold_neither_more_threads_nor_longer_than_the_deadline() -> None:
+    """Fifty senders that trickle their headers: the receiver serves a bounded number at
+    once, cuts each at its deadline, and answers a real message afterwards."""
+    receiver = Receiver(SIGNING, lambda *_: None, deadline_s=1.0, max_connections=8).start()
+    before = threading.active_count()
+    peak = before
+    slow: list[socket.socket] = []
+    try:
+        for _ in range(50):
+            conn = socket.create_connection(("127.0.0.1", receiver.port), timeout=10)
+            conn.sendall(b"POST / HTTP/1.1\r\nHost: x\r\n")
+            slow.append(conn)
+        started = time.monotonic()
+        while time.monotonic() - started < 3:
+            for conn in slow:
+                with contextlib.suppress(OSError):
+                    conn.sendall(b"X")  # one byte at a time: each read arrives in time
+            peak = max(peak, threading.active_count())
+            time.sleep(0.2)
+        body = json.dumps({"type": "job.completed", "data": {"id": "j1"}})
+        ok = httpx.post(f"http://127.0.0.1:{receiver.port}/", content=body,
+                        headers=_signed(body, msg_id="msg_10"), timeout=5)
+        ended = 0
+        for conn in slow:  # every one was closed by the receiver: refused, or cut off
+            conn.settimeout(1)
+            try:
+                ended += conn.recv(4096) == b""
+            except (ConnectionResetError, BrokenPipeError):
+                ended += 1
+    finally:
+        for conn in slow:
+            conn.close()
+        receiver.close()
+    assert peak - before <= 8
+    assert ended == 50 and ok.status_code == 204
