@@ -18,20 +18,25 @@ import hashlib
 import logging
 import os
 import re
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
+from urllib.parse import urljoin, urlsplit
 
-__all__ = ["CATALOG", "ENV_BLOCK_END", "ENV_BLOCK_START", "DownloadInterrupted", "PublicWeights",
-           "PulledWeights", "ResumingDownloader", "fetch", "pull", "sha256_of",
-           "write_env_block"]
+from ml_backend.text import parse_decimal
+
+__all__ = ["CATALOG", "ENV_BLOCK_END", "ENV_BLOCK_START", "ChecksumMismatch",
+           "DownloadInterrupted", "DownloadRefused", "PublicWeights", "PulledWeights",
+           "ResumingDownloader", "fetch", "pull", "sha256_of", "write_env_block"]
 
 log = logging.getLogger(__name__)
 
 ENV_BLOCK_START: Final = "# >>> clipgan models pull (managed block: the command rewrites it)"
 ENV_BLOCK_END: Final = "# <<< clipgan models pull"
 _CHUNK = 1 << 20
+_MAX_REDIRECTS = 5
 
 
 @dataclass(frozen=True)
@@ -43,6 +48,7 @@ class PublicWeights:
     filename: str              # as stored (and as asked of a mirror: ``<base>/<filename>``)
     setting: str               # the CLIPGAN_* variable that points at the result
     description: str
+    max_bytes: int = 1 << 30   # more than this is not the file (an endless or wrong body)
     sha256: str | None = None  # the publisher's checksum, where it gives one
     convert_to: str | None = None  # a generator: converted to clipgan safetensors, this name
 
@@ -54,6 +60,7 @@ CATALOG: Final[dict[str, PublicWeights]] = {w.name: w for w in (
              "aydao-anime-danbooru2019s-512-5268480.pt"),
         filename="aydao-anime-danbooru2019s-512-5268480.pt",
         setting="CLIPGAN_GENERATOR_CHECKPOINT", convert_to="tadne.safetensors",
+        max_bytes=640 << 20,
         description="This Anime Does Not Exist (aydao), rosinality port: 512 px anime "
                     "StyleGAN2, ~470 MB"),
     PublicWeights(
@@ -62,20 +69,30 @@ CATALOG: Final[dict[str, PublicWeights]] = {w.name: w for w in (
              "40d365715913c9da98579312b702a82c18be219cc2a73407c4526f58eba950af/ViT-B-32.pt"),
         filename="ViT-B-32.pt",
         sha256="40d365715913c9da98579312b702a82c18be219cc2a73407c4526f58eba950af",
-        setting="CLIPGAN_CLIP_CHECKPOINT",
+        setting="CLIPGAN_CLIP_CHECKPOINT", max_bytes=448 << 20,
         description="OpenAI CLIP ViT-B/32: the guidance model, ~340 MB"),
     PublicWeights(
         name="realesrgan-anime",
         url=("https://github.com/xinntao/Real-ESRGAN/releases/download/v0.2.2.4/"
              "RealESRGAN_x4plus_anime_6B.pth"),
         filename="RealESRGAN_x4plus_anime_6B.pth",
-        setting="CLIPGAN_UPSCALER_CHECKPOINT",
+        setting="CLIPGAN_UPSCALER_CHECKPOINT", max_bytes=64 << 20,
         description="Real-ESRGAN x4plus anime 6B: upscale 2/4, ~18 MB"),
 )}
 
 
 class DownloadInterrupted(Exception):
-    """The connection ended before the whole file came; what came is kept to resume."""
+    """The connection ended (or the call ran out of time) before the whole file came;
+    what came is kept to resume."""
+
+
+class DownloadRefused(Exception):
+    """The server's answer is not a file we take: too large, compressed, redirected away
+    from http(s); nothing is kept."""
+
+
+class ChecksumMismatch(ValueError):
+    """The file does not match the checksum its publisher gives; nothing is kept."""
 
 
 class ResumingDownloader:
@@ -84,56 +101,114 @@ class ResumingDownloader:
     Called by pooch with a temporary output path; on a complete download the part
     file becomes that path (a rename in the same folder), and pooch checks the hash
     before moving it to the final name.
+
+    Bounded like every outbound call: at most ``max_bytes`` in the file (a larger
+    ``Content-Length`` is refused before a byte is read, and an endless body at the
+    bound), no compressed body (asked for none, refused if sent anyway, and never
+    decompressed: a small gzip cannot become a large file), redirects only to http(s)
+    and at most ``_MAX_REDIRECTS`` of them, and ``deadline_s`` for the whole call (the
+    bytes received by then are kept: the next pull resumes).
     """
 
-    def __init__(self, part: Path, *, timeout_s: float = 30.0,
+    def __init__(self, part: Path, *, max_bytes: int, timeout_s: float = 30.0,
+                 deadline_s: float = 3600.0,
                  progress: Callable[[int, int | None], None] | None = None) -> None:
         self.part = part
         self.validator = part.with_name(part.name + ".validator")  # ETag or Last-Modified
+        self.max_bytes = max_bytes
         self.timeout_s = timeout_s
+        self.deadline_s = deadline_s
         self.progress = progress
+
+    def _refuse(self, reason: str) -> DownloadRefused:
+        self.part.unlink(missing_ok=True)
+        self.validator.unlink(missing_ok=True)
+        return DownloadRefused(reason)
+
+    def _get(self, url: str, headers: dict[str, str]) -> Any:
+        """GET with redirects followed by hand: each target must be http(s)."""
+        import requests
+
+        for _ in range(_MAX_REDIRECTS + 1):
+            scheme = urlsplit(url).scheme
+            if scheme not in ("http", "https"):
+                raise self._refuse(f"redirected to a {scheme or 'relative'}: address; only "
+                                   "http and https are followed")
+            response = requests.get(url, headers=headers, stream=True, timeout=self.timeout_s,
+                                    allow_redirects=False)
+            if not response.is_redirect:
+                return response
+            url = urljoin(url, response.headers.get("Location", ""))
+            response.close()
+        raise self._refuse(f"more than {_MAX_REDIRECTS} redirects")
 
     def __call__(self, url: str, output_file: Any, pooch: Any, check_only: bool = False,
                  ) -> bool | None:
         import requests
 
         if check_only:
-            return requests.head(url, timeout=self.timeout_s, allow_redirects=True).ok
+            return bool(requests.head(url, timeout=self.timeout_s, allow_redirects=False).ok)
+        deadline = time.monotonic() + self.deadline_s
         have = self.part.stat().st_size if self.part.exists() else 0
         headers = {"Accept-Encoding": "identity"}
         if have:
             headers["Range"] = f"bytes={have}-"
             if self.validator.exists():
                 headers["If-Range"] = self.validator.read_text().strip()
-        with requests.get(url, headers=headers, stream=True, timeout=self.timeout_s) as r:
+        with self._get(url, headers) as r:
             if have and r.status_code == 416:  # nothing left to send: the part is whole
                 r.close()
             else:
                 r.raise_for_status()
+                encoding = r.headers.get("Content-Encoding", "identity").strip().lower()
+                if encoding not in ("", "identity"):
+                    raise self._refuse(f"the server sent the file {encoding}-encoded though "
+                                       "asked not to; it is not decompressed")
                 if r.status_code != 206:
                     have = 0  # the server sent the whole file (or it changed): start over
+                length = parse_decimal(r.headers.get("Content-Length", ""))
+                total = have + length if length is not None else None
+                if total is not None and total > self.max_bytes:
+                    raise self._refuse(f"{total} bytes announced, more than the "
+                                       f"{self.max_bytes} this file can be")
                 validator = r.headers.get("ETag") or r.headers.get("Last-Modified")
                 if validator:
                     self.validator.write_text(validator)
-                length = r.headers.get("Content-Length")
-                total = have + int(length) if length and length.isdigit() else None
                 received = have
                 try:
                     with open(self.part, "ab" if have else "wb") as out:
-                        for chunk in r.iter_content(_CHUNK):
-                            out.write(chunk)
+                        # read1: what has arrived, up to a chunk (a full-chunk read would
+                        # wait for a trickling server for ever, deadline or not)
+                        while chunk := r.raw.read1(_CHUNK, decode_content=False):
                             received += len(chunk)
+                            if received > self.max_bytes:
+                                break
+                            out.write(chunk)
                             if self.progress is not None:
                                 self.progress(received, total)
-                except (requests.RequestException, OSError) as exc:
+                            if time.monotonic() > deadline:
+                                raise DownloadInterrupted(
+                                    f"not done within {self.deadline_s:g} s; {received} bytes "
+                                    f"kept in {self.part.name}")
+                except (requests.RequestException, OSError, urllib3_errors()) as exc:
                     raise DownloadInterrupted(f"{received} bytes kept in {self.part.name}") \
                         from exc
+                if received > self.max_bytes:
+                    raise self._refuse(f"more than {self.max_bytes} bytes sent; this file "
+                                       "is smaller")
                 if total is not None and received < total:
                     raise DownloadInterrupted(
                         f"{received} of {total} bytes kept in {self.part.name}")
         os.replace(self.part, output_file)
         self.validator.unlink(missing_ok=True)
         return None
+
+
+def urllib3_errors() -> type[Exception]:
+    """urllib3's base error (what ``raw.read1`` raises on a cut connection)."""
+    from urllib3.exceptions import HTTPError
+
+    return HTTPError
 
 
 def sha256_of(path: Path) -> str:
@@ -145,28 +220,30 @@ def sha256_of(path: Path) -> str:
 
 
 def fetch(weights: PublicWeights, folder: Path, *, base_url: str | None = None,
-          progress: Callable[[int, int | None], None] | None = None) -> Path:
+          progress: Callable[[int, int | None], None] | None = None,
+          deadline_s: float = 3600.0) -> Path:
     """The file, downloaded into ``folder`` unless it is already there (and matches the
     publisher's checksum, where there is one). ``base_url``: a mirror serving
     ``<base_url>/<filename>`` instead of the publisher.
 
-    Raises :class:`DownloadInterrupted` (run again to resume) or ``ValueError`` (the
-    checksum does not match: nothing is kept).
+    Raises :class:`DownloadInterrupted` (run again to resume), :class:`DownloadRefused`
+    (not a file we take) or :class:`ChecksumMismatch`; after the last two nothing is kept.
     """
     import pooch
 
     folder.mkdir(parents=True, exist_ok=True)
     url = f"{base_url.rstrip('/')}/{weights.filename}" if base_url else weights.url
     part = folder / f"{weights.filename}.part"
-    downloader = ResumingDownloader(part, progress=progress)
+    downloader = ResumingDownloader(part, max_bytes=weights.max_bytes, progress=progress,
+                                    deadline_s=deadline_s)
     try:
         path = pooch.retrieve(url, known_hash=f"sha256:{weights.sha256}" if weights.sha256
                               else None, fname=weights.filename, path=folder,
                               downloader=downloader)
-    except ValueError:
+    except ValueError as exc:  # pooch's word for a hash that does not match
         part.unlink(missing_ok=True)  # the bytes were wrong: never resume from them
         downloader.validator.unlink(missing_ok=True)
-        raise
+        raise ChecksumMismatch(str(exc).splitlines()[0]) from None
     return Path(path)
 
 

@@ -119,7 +119,13 @@ def pull(
 ) -> None:
     """Download public weights (resuming), check them, convert the generator, and write
     the settings so the next `make run` uses them."""
-    from clipgan.model_pull import CATALOG, DownloadInterrupted, write_env_block
+    from clipgan.model_pull import (
+        CATALOG,
+        ChecksumMismatch,
+        DownloadInterrupted,
+        DownloadRefused,
+        write_env_block,
+    )
     from clipgan.model_pull import pull as pull_weights
     from ml_backend.weights import CheckpointError
 
@@ -137,9 +143,11 @@ def pull(
         except DownloadInterrupted as exc:
             fail(f"{name}: the download was interrupted ({exc}); run the same command again "
                  f"to resume")
-        except ValueError as exc:
+        except DownloadRefused as exc:
+            fail(f"{name}: refused, {exc}; nothing was kept")
+        except ChecksumMismatch as exc:
             fail(f"{name}: refused, the file does not match the publisher's checksum; "
-                 f"nothing was kept ({str(exc).splitlines()[0]})")
+                 f"nothing was kept ({exc})")
         except CheckpointError as exc:
             fail(f"{name}: downloaded but not a generator clipgan can read: {exc}")
         except OSError as exc:  # requests' errors are OSErrors too

@@ -4,6 +4,7 @@ download halfway, as a flaky network or a tampered mirror would."""
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import http.server
 import os
@@ -12,14 +13,23 @@ import socket
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 
-from clipgan.model_pull import CATALOG, ENV_BLOCK_START, PublicWeights, pull
+from clipgan.model_pull import (
+    CATALOG,
+    ENV_BLOCK_START,
+    DownloadInterrupted,
+    DownloadRefused,
+    PublicWeights,
+    fetch,
+    pull,
+)
 from ml_backend.settings import MLSettings
 from ml_backend.weights import read_checkpoint
 from tests.ml_backend import builders
@@ -37,11 +47,18 @@ class Mirror:
         self.files = files
         self.requests: list[tuple[str, str | None]] = []  # (path, Range header)
         self.cut_next: int | None = None
+        self.hostile: dict[str, Callable[[Any], None]] = {}  # path -> what it sends instead
         mirror = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
             def do_GET(self) -> None:
                 mirror.requests.append((self.path, self.headers.get("Range")))
+                if self.path.lstrip("/") in mirror.hostile:
+                    mirror.hostile[self.path.lstrip("/")](self)
+                    self.close_connection = True
+                    return
                 data = mirror.files.get(self.path.lstrip("/"))
                 if data is None:
                     self.send_error(404)
@@ -186,3 +203,100 @@ def test_a_checksum_given_by_the_publisher_is_checked_on_success_too(
     pulled = pull(pinned, tmp_path / "models", base_url=mirror.url)
     assert pulled.verified and pulled.sha256 == _sha256(data)
     assert pulled.result.read_bytes() == data
+
+
+# --- a hostile mirror: what it sends is bounded, never decompressed, never followed off http
+
+def _endless(handler: Any) -> None:
+    """No length, chunk after chunk: a body that never ends."""
+    handler.send_response(200)
+    handler.send_header("Transfer-Encoding", "chunked")
+    handler.end_headers()
+    block = os.urandom(1 << 16)
+    try:
+        while True:
+            handler.wfile.write(b"%x\r\n%s\r\n" % (len(block), block))
+    except OSError:
+        pass
+
+
+def _announce(size: int) -> Callable[[Any], None]:
+    def send(handler: Any) -> None:
+        handler.send_response(200)
+        handler.send_header("Content-Length", str(size))
+        handler.end_headers()
+    return send
+
+
+def _gzip_bomb(handler: Any) -> None:
+    """About 1 MiB on the wire that gunzips to 1 GiB."""
+    bomb = gzip.compress(b"\0" * (1 << 20), compresslevel=9) * 1024  # members: 1 GiB
+    handler.send_response(200)
+    handler.send_header("Content-Encoding", "gzip")
+    handler.send_header("Content-Length", str(len(bomb)))
+    handler.end_headers()
+    handler.wfile.write(bomb)
+
+
+def _redirect(location: str) -> Callable[[Any], None]:
+    def send(handler: Any) -> None:
+        handler.send_response(302)
+        handler.send_header("Location", location)
+        handler.send_header("Content-Length", "0")
+        handler.end_headers()
+    return send
+
+
+def _trickle(handler: Any) -> None:
+    handler.send_response(200)
+    handler.send_header("Content-Length", str(1 << 20))
+    handler.end_headers()
+    try:
+        for _ in range(1 << 20):
+            handler.wfile.write(b"x")
+            handler.wfile.flush()
+            time.sleep(0.05)
+    except OSError:
+        pass
+
+
+SMALL = PublicWeights(name="small", url="unused", filename="small.bin", max_bytes=4 << 20,
+                      setting="CLIPGAN_UPSCALER_CHECKPOINT", description="at most 4 MiB")
+
+
+@pytest.mark.parametrize(("send", "says"), [
+    (_endless, "more than 4194304 bytes sent"),
+    (_announce(5 << 30), "5368709120 bytes announced"),
+    (_gzip_bomb, "gzip-encoded"),
+    (_redirect("file:///etc/passwd"), "redirected to a file: address"),
+    (_redirect("ftp://example.com/x"), "redirected to a ftp: address"),
+], ids=["endless", "too-long", "gzip-bomb", "file-redirect", "ftp-redirect"])
+def test_a_hostile_mirror_is_refused_and_leaves_nothing(tmp_path: Path, mirror: Mirror,
+                                                        send: Any, says: str) -> None:
+    mirror.hostile["small.bin"] = send
+    folder = tmp_path / "models"
+    with pytest.raises(DownloadRefused, match=says):
+        fetch(SMALL, folder, base_url=mirror.url)
+    assert list(folder.iterdir()) == [], "no file, part or temporary file is left behind"
+
+
+def test_a_redirect_to_http_is_followed(tmp_path: Path, mirror: Mirror) -> None:
+    name = CATALOG["realesrgan-anime"].filename
+    mirror.hostile["small.bin"] = _redirect(f"{mirror.url}/{name}")
+    assert fetch(SMALL, tmp_path, base_url=mirror.url).read_bytes() == mirror.files[name]
+
+
+def test_a_download_has_a_deadline_and_resumes_after_it(tmp_path: Path, mirror: Mirror) -> None:
+    mirror.hostile["small.bin"] = _trickle
+    with pytest.raises(DownloadInterrupted, match="not done within 1 s"):
+        fetch(SMALL, tmp_path, base_url=mirror.url, deadline_s=1)
+    assert 0 < (tmp_path / "small.bin.part").stat().st_size < 1 << 20  # kept to resume
+
+
+def test_the_command_says_what_was_refused(tmp_path: Path, mirror: Mirror) -> None:
+    """A redirect off http(s) is not reported as a checksum mismatch."""
+    mirror.hostile[CATALOG["clip-vit-b32"].filename] = _redirect("file:///etc/passwd")
+    refused = _pull(tmp_path, mirror, "clip-vit-b32")
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    assert "refused, redirected to a file: address" in refused.stderr.replace("\n", " ")
+    assert "checksum" not in refused.stderr
