@@ -85,8 +85,8 @@ def load_torch(path: Path, *, what: str = "checkpoint", allowed: list[Any] | Non
 def read_state_dict(path: Path, *, what: str = "checkpoint") -> dict[str, torch.Tensor]:
     """A flat ``name -> tensor`` dict from safetensors, a torch file or a TorchScript archive.
 
-    TorchScript archives (OpenAI's CLIP releases) hold compiled graphs and tensors,
-    not pickled Python objects; only their tensors are kept.
+    TorchScript archives (OpenAI's CLIP releases) hold compiled code and tensors; only
+    the tensors are read (:mod:`~ml_backend.weights.torchscript`), the code never runs.
     """
     kind = sniff(path, what=what)
     if kind == "safetensors":
@@ -98,12 +98,13 @@ def read_state_dict(path: Path, *, what: str = "checkpoint") -> dict[str, torch.
         except (SafetensorError, OSError, ValueError) as exc:
             raise CheckpointError(path, f"truncated or corrupt safetensors file ({exc})",
                                   what=what) from None
-    if kind == "torchscript":
+    if kind == "torchscript":  # its tensors only: the archive's code is never run
+        from ml_backend.weights.torchscript import read_torchscript_tensors
+
         try:
-            return dict(torch.jit.load(str(path), map_location="cpu").state_dict())
-        except (RuntimeError, OSError, ValueError) as exc:
-            first = (str(exc).splitlines() or [""])[0]
-            raise CheckpointError(path, f"unreadable TorchScript archive ({first})",
+            return read_torchscript_tensors(path)
+        except pickle.UnpicklingError as exc:
+            raise CheckpointError(path, f"unreadable TorchScript archive ({exc})",
                                   what=what) from None
     if kind == "pickle":
         raise CheckpointError(path, "a plain pickle is not a weights file this loader reads",
