@@ -28,6 +28,7 @@ import argparse
 import asyncio
 import resource
 import time
+import uuid
 from dataclasses import dataclass, field
 from urllib.parse import urlparse
 
@@ -35,6 +36,7 @@ import httpx
 from webserver import Server, database, sign_up, start_server
 
 from web_backend.app import build_services
+from web_backend.core.models import utcnow
 from web_backend.core.security import sign_link
 from web_backend.core.settings import WebSettings
 from web_backend.jobs import queue
@@ -145,13 +147,16 @@ async def write_progress(services: Services, claims: list[Claim], seen: Observed
 
 
 def make_jobs(services: Services, user_id: int, n: int) -> tuple[list[str], list[Claim]]:
-    ids = []
-    for i in range(n):
-        with services.write_session_factory() as session:
-            ids.append(queue.enqueue(session, user_id=user_id,
-                                     request={"prompt": f"bench {i}", "steps": 60},
-                                     image_prompt_key=None, idempotency_key=None,
-                                     progress_total=60).id)
+    now = utcnow()
+    jobs = [queue.NewJob(id=str(uuid.uuid4()), user_id=user_id,
+                         request={"prompt": f"bench {i}", "steps": 60}, image_prompt_key=None,
+                         idempotency_key=None, progress_total=60, webhook_url=None,
+                         webhook_events=None, batch_id=None, created_at=now)
+            for i in range(n)]
+    with services.write_session_factory() as session:
+        queue.enqueue(session, jobs)
+        session.commit()
+    ids = [job.id for job in jobs]
     claims = []
     for _ in range(min(RUNNING, n)):
         with services.write_session_factory() as session:

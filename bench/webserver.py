@@ -83,7 +83,8 @@ def start_server(database_url: str, **settings: str) -> Server:
     env = {**os.environ, "CLIPGAN_ENV": "prod", "CLIPGAN_SECRET_KEY": secrets.token_hex(32),
            "CLIPGAN_DATABASE_URL": database_url, "CLIPGAN_DATA_DIR": data_dir,
            "CLIPGAN_SUBMISSIONS_PER_MINUTE": UNLIMITED, "CLIPGAN_MAX_ACTIVE_JOBS": UNLIMITED,
-           "CLIPGAN_DAILY_IMAGES": UNLIMITED,
+           "CLIPGAN_DAILY_IMAGES": UNLIMITED, "CLIPGAN_LOGIN_ATTEMPTS_PER_MINUTE": UNLIMITED,
+           "CLIPGAN_REGISTRATIONS_PER_HOUR": UNLIMITED,
            **{f"CLIPGAN_{name.upper()}": value for name, value in settings.items()}}
     log = open(os.path.join(data_dir, "server.log"), "wb")  # noqa: SIM115 (lives with proc)
     proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "--factory",

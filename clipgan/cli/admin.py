@@ -65,7 +65,7 @@ def users_create(
     url = data_settings().resolved_database_url
     if url.startswith("sqlite"):
         migrate.upgrade(url)
-    engine = make_engine(url)
+    engine = make_engine(url, sqlite_synchronous=data_settings().sqlite_synchronous)
     try:
         with make_session_factory(engine, writes=True)() as session:
             accounts.register(session, body, is_admin=admin)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import secrets
 from datetime import timedelta
+from typing import Protocol
 
 from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session
@@ -30,7 +31,7 @@ from web_backend.accounts.schemas import (
 )
 from web_backend.core.changes import logins_changed
 from web_backend.core.errors import Conflict, Forbidden, Unauthorized
-from web_backend.core.models import AuthSession, RefreshToken, User, utcnow
+from web_backend.core.models import AuthSession, RefreshToken, User, UserUsage, utcnow
 from web_backend.core.ratelimit import RateLimiter
 from web_backend.core.security import (
     create_access_token,
@@ -45,7 +46,18 @@ __all__ = ["change_password", "limits_for", "new_webhook_secret", "refresh", "re
            "revoke_sessions", "set_active", "set_limits", "sign_in", "sign_out", "user_detail"]
 
 
-def limits_for(user: User, defaults: LimitSettings) -> Limits:
+class LimitOverrides(Protocol):
+    """What an account row says of its limits (a ``User``, or a row of those columns)."""
+
+    @property
+    def submissions_per_minute(self) -> int | None: ...
+    @property
+    def max_active_jobs(self) -> int | None: ...
+    @property
+    def daily_images(self) -> int | None: ...
+
+
+def limits_for(user: LimitOverrides, defaults: LimitSettings) -> Limits:
     """The user's own limits where an administrator set them, else the service's."""
     return Limits(
         submissions_per_minute=user.submissions_per_minute or defaults.submissions_per_minute,
@@ -70,6 +82,8 @@ def register(session: Session, body: UserCreate, *, is_admin: bool = False) -> U
     user = User(username=body.username, email=email, is_admin=is_admin,
                 password_hash=hash_password(body.password))
     session.add(user)
+    session.flush()
+    session.add(UserUsage(user_id=user.id, active_jobs=0, day=utcnow().date(), images_today=0))
     session.commit()
     return user
 

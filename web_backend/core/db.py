@@ -16,7 +16,12 @@ __all__ = ["WRITE_OPTION", "make_engine", "make_session_factory"]
 POOL = dict(pool_size=10, max_overflow=40, pool_timeout=10)
 
 
-def make_engine(url: str, **kwargs: Any) -> Engine:
+def make_engine(url: str, *, sqlite_synchronous: str = "normal", **kwargs: Any) -> Engine:
+    """``sqlite_synchronous``: SQLite's ``synchronous`` in WAL mode. ``normal``: a commit
+    is in the WAL when it returns, so it survives the process being killed; only a power
+    cut or an OS crash may lose the last commits. ``full``: each commit is also fsynced."""
+    if sqlite_synchronous not in ("normal", "full"):
+        raise ValueError("sqlite_synchronous is 'normal' or 'full'")
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30},
                                **POOL, **kwargs)
@@ -26,6 +31,7 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
             dbapi_conn.isolation_level = None  # we issue BEGIN ourselves (below)
             cursor = dbapi_conn.cursor()
             cursor.execute("PRAGMA journal_mode=WAL")   # readers do not block the writer
+            cursor.execute(f"PRAGMA synchronous={sqlite_synchronous.upper()}")
             cursor.execute("PRAGMA foreign_keys=ON")
             cursor.execute("PRAGMA busy_timeout=30000")
             cursor.close()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from enum import StrEnum
 from typing import Any
 
@@ -11,6 +11,7 @@ from sqlalchemy import (
     JSON,
     BigInteger,
     Boolean,
+    Date,
     DateTime,
     Enum,
     Float,
@@ -33,8 +34,8 @@ NAMING_CONVENTION = {  # stable constraint names, so migrations can drop them on
     "pk": "pk_%(table_name)s",
 }
 
-__all__ = ["AuthSession", "Base", "DeliveryStatus", "Job", "JobStatus", "RefreshToken", "User",
-           "WebhookDelivery", "utcnow"]
+__all__ = ["AuthSession", "Base", "Counter", "DeliveryStatus", "Job", "JobStatus",
+           "RefreshToken", "User", "UserUsage", "WebhookDelivery", "utcnow"]
 
 
 class JobStatus(StrEnum):
@@ -126,6 +127,8 @@ class Job(Base):
         Index("ix_jobs_status_created", "status", "created_at"),
         Index("ix_jobs_user_created", "user_id", "created_at"),
         Index("ix_jobs_updated_at", "updated_at"),  # the SQLite change poller (live.sources)
+        Index("ix_jobs_status_queue_seq", "status", "queue_seq"),  # the queue's head
+        Index("ix_jobs_batch_id", "batch_id"),
     )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True,
@@ -164,6 +167,33 @@ class Job(Base):
     # where to announce the end of the job, and which endings (webhooks.outbox)
     webhook_url: Mapped[str | None] = mapped_column(String(2048), nullable=True)
     webhook_events: Mapped[list[str] | None] = mapped_column(JSON, nullable=True)
+    # its place in the order of submission (counters 'job_seq'): a queued job's position is
+    # its number minus the queue head's, whatever the queue's length (migration 0007)
+    queue_seq: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    # the first job of the submission that made several (n > 1); NULL for one picture
+    batch_id: Mapped[str | None] = mapped_column(String(36), nullable=True)
+
+
+class UserUsage(Base):
+    """What a user's limits count, kept by the transitions that change it (in their own
+    transaction) so that admitting a job reads one row instead of counting jobs."""
+
+    __tablename__ = "user_usage"
+
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"),
+                                         primary_key=True)
+    active_jobs: Mapped[int] = mapped_column(Integer, default=0)   # queued or running
+    day: Mapped[date] = mapped_column(Date)                        # the UTC day counted below
+    images_today: Mapped[int] = mapped_column(Integer, default=0)  # jobs of that day, not failed
+
+
+class Counter(Base):
+    """Named counters (``job_seq``: the last queue number handed out)."""
+
+    __tablename__ = "counters"
+
+    name: Mapped[str] = mapped_column(String(32), primary_key=True)
+    value: Mapped[int] = mapped_column(BigInteger, default=0)
 
 
 class DeliveryStatus(StrEnum):

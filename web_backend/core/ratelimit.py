@@ -45,17 +45,22 @@ class RateLimiter:
         self.limiter = MovingWindowRateLimiter(self.storage)
         self.shared = redis_url is not None
 
-    def hit(self, name: str, identity: str, *, limit: int, per: str = "minute") -> LimitResult:
-        return self._check(name, identity, limit=limit, per=per, count=True)
+    def hit(self, name: str, identity: str, *, limit: int, per: str = "minute",
+            cost: int = 1) -> LimitResult:
+        """Count ``cost`` events (all or none) and say whether they fit."""
+        return self._check(name, identity, limit=limit, per=per, count=True, cost=cost)
 
     def peek(self, name: str, identity: str, *, limit: int, per: str = "minute") -> LimitResult:
         """Whether one more hit would fit, without counting one (limits on failures)."""
         return self._check(name, identity, limit=limit, per=per, count=False)
 
     def _check(self, name: str, identity: str, *, limit: int, per: str, count: bool,
-               ) -> LimitResult:
+               cost: int = 1) -> LimitResult:
         item = _PERIODS[per](limit)
-        allowed = (self.limiter.hit if count else self.limiter.test)(item, name, identity)
+        if count:
+            allowed = self.limiter.hit(item, name, identity, cost=cost)
+        else:
+            allowed = self.limiter.test(item, name, identity)
         stats = self.limiter.get_window_stats(item, name, identity)
         reset = max(0, math.ceil(stats.reset_time - time.time()))
         return LimitResult(allowed=allowed, limit=limit, remaining=max(0, stats.remaining),

@@ -59,6 +59,10 @@ class DataSettings(_Group):
         "directory."))
     redis_url: str | None = var("REDIS_URL", None, description=(
         "Redis shared by every web worker (rate limits); default: in-process memory."))
+    sqlite_synchronous: Literal["normal", "full"] = var("SQLITE_SYNCHRONOUS", "normal",
+                                                        description=(
+        "SQLite in WAL mode: 'normal' keeps every commit through a crash of the process "
+        "(not of the machine); 'full' fsyncs each commit too."))
 
     @property
     def resolved_database_url(self) -> str:

@@ -11,7 +11,7 @@ Each function is one transaction on the session it is given, and commits it. The
 rules are enforced in SQL rather than in memory, so several dispatchers (one per web
 process, or standalone) and crashes anywhere stay correct:
 
-* **Claim**: the oldest ready job moves ``queued -> running`` in one conditional
+* **Claim**: the first ready job in queue order moves ``queued -> running`` in one conditional
   UPDATE (PostgreSQL picks the row with ``FOR UPDATE SKIP LOCKED``; SQLite runs the
   claim in an IMMEDIATE transaction, see :mod:`web_backend.core.db`). Each claim bumps
   ``fencing_token`` and counts an attempt.
@@ -25,23 +25,30 @@ process, or standalone) and crashes anywhere stay correct:
   succeeded job always has its image (the caller stores it first).
 * **Webhooks**: every transition that ends a job records its pending webhook in the
   same transaction (:mod:`web_backend.webhooks.outbox`).
+* **Usage**: every transition into or out of ``queued``/``running`` moves the owner's
+  ``user_usage`` counters in the same transaction (active jobs; the day's images, which
+  a failure gives back), so admission reads one row instead of counting jobs. Each
+  enqueued job also takes the next ``queue_seq``: its position is that number minus
+  the queue head's (:func:`head`), an O(1) lookup whatever the queue's length.
 """
 
 from __future__ import annotations
 
+from collections import Counter as Tally
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import and_, bindparam, case, func, insert, or_, select, update
 from sqlalchemy.orm import Session
 
 from web_backend.core.changes import mark_changed
-from web_backend.core.models import Job, JobStatus, utcnow
+from web_backend.core.models import Counter, Job, JobStatus, UserUsage, utcnow
 from web_backend.webhooks import outbox
 
-__all__ = ["Claim", "JobStatus", "LeaseLost", "cancel", "claim", "enqueue", "finish",
-           "reclaim_expired", "renew", "requeue"]
+__all__ = ["Claim", "JobStatus", "LeaseLost", "NewJob", "cancel", "claim", "enqueue",
+           "finish", "head", "reclaim_expired", "renew", "requeue"]
 
 
 class LeaseLost(Exception):
@@ -63,22 +70,71 @@ def _lease_end(lease_s: float) -> datetime:
     return utcnow() + timedelta(seconds=lease_s)
 
 
-def enqueue(session: Session, *,
-            user_id:          int,                 # the owner
-            request:          dict[str, Any],      # GenerationRequest as JSON, no image bytes
-            image_prompt_key: str | None,          # blob key of the image prompt
-            idempotency_key:  str | None,          # unique per user when given
-            progress_total:   int,                 # steps the search will take (0: sample)
-            webhook_url:      str | None = None,   # checked already (webhooks.targets)
-            webhook_events:   list[str] | None = None,  # endings to announce there
-            ) -> Job:
-    """A new queued job. Raises ``IntegrityError`` when the idempotency key is taken."""
-    job = Job(user_id=user_id, request=request, image_prompt_key=image_prompt_key,
-              idempotency_key=idempotency_key, progress_total=progress_total,
-              webhook_url=webhook_url, webhook_events=webhook_events)
-    session.add(job)
-    session.commit()
-    return job
+@dataclass(frozen=True)
+class NewJob:
+    """A job admission decided to queue (``jobs.submit``): the row's values."""
+
+    id: str
+    user_id: int
+    request: dict[str, Any]            # GenerationRequest as JSON, no image bytes
+    image_prompt_key: str | None       # blob key of the image prompt
+    idempotency_key: str | None        # unique per user when given
+    progress_total: int                # steps the search will take (0: sample)
+    webhook_url: str | None            # checked already (webhooks.targets)
+    webhook_events: list[str] | None   # endings to announce there
+    batch_id: str | None               # the first job of a submission of several
+    created_at: datetime
+
+
+def enqueue(session: Session, jobs: Sequence[NewJob]) -> list[int]:
+    """Queue ``jobs`` (in the caller's transaction, which commits): each takes the next
+    queue number, and each owner's usage counts them. Returns their queue numbers.
+    Raises ``IntegrityError`` when an idempotency key is taken."""
+    if not jobs:
+        return []
+    core = session.connection()  # Core statements: no ORM bookkeeping on the hot path
+    last = core.execute(_TAKE_NUMBERS, {"n": len(jobs)}).scalar_one()
+    numbers = list(range(last - len(jobs) + 1, last + 1))
+    core.execute(_INSERT_JOB, [
+        dict(id=job.id, user_id=job.user_id, status=JobStatus.queued, request=job.request,
+             image_prompt_key=job.image_prompt_key, idempotency_key=job.idempotency_key,
+             progress_total=job.progress_total, webhook_url=job.webhook_url,
+             webhook_events=job.webhook_events, batch_id=job.batch_id, queue_seq=number,
+             created_at=job.created_at, updated_at=job.created_at)
+        for job, number in zip(jobs, numbers, strict=True)])
+    today = utcnow().date()
+    core.execute(_COUNT_QUEUED, [{"user": user_id, "n": count, "today": today}
+                                 for user_id, count in Tally(job.user_id for job in jobs).items()])
+    return numbers
+
+
+_TABLES = Job.metadata.tables
+_TAKE_NUMBERS = (update(_TABLES["counters"]).where(Counter.name == "job_seq")
+                 .values(value=Counter.value + bindparam("n")).returning(Counter.value))
+_INSERT_JOB = insert(_TABLES["jobs"])
+_COUNT_QUEUED = (update(_TABLES["user_usage"]).where(UserUsage.user_id == bindparam("user"))
+                 .values(active_jobs=UserUsage.active_jobs + bindparam("n"),
+                         images_today=case((UserUsage.day == bindparam("today"),
+                                            UserUsage.images_today), else_=0) + bindparam("n"),
+                         day=bindparam("today")))
+_HEAD = select(func.min(Job.queue_seq)).where(Job.status == JobStatus.queued)
+
+
+def head(session: Session) -> int | None:
+    """The queue number of the oldest queued job (None: nothing waits)."""
+    value: int | None = session.connection().execute(_HEAD).scalar()
+    return value
+
+
+def _left(session: Session, ended: Iterable[tuple[int, datetime, bool]]) -> None:
+    """Jobs (owner, created at, failed) left queued/running for good: their owners' active
+    counts go down, and a failure gives back its image of the day it was made."""
+    for user_id, created_at, failed in ended:
+        created_day: date = created_at.date()
+        given_back = case((UserUsage.day == created_day, 1), else_=0) if failed else 0
+        session.execute(update(UserUsage).where(UserUsage.user_id == user_id).values(
+            active_jobs=UserUsage.active_jobs - 1,
+            images_today=UserUsage.images_today - given_back))
 
 
 def cancel(session: Session, *, job: Job) -> Job:
@@ -88,6 +144,7 @@ def cancel(session: Session, *, job: Job) -> Job:
         job.finished_at = utcnow()
         job.error = "cancelled by the user"
         outbox.record(session, (job.id,), JobStatus.cancelled)
+        _left(session, [(job.user_id, job.created_at, False)])
     elif job.status is JobStatus.running:
         job.cancel_requested = True
     session.commit()
@@ -99,7 +156,7 @@ def claim(session: Session, *, owner: str, lease_s: float) -> Claim | None:
     now = utcnow()
     ready = and_(Job.status == JobStatus.queued, Job.cancel_requested.is_(False),
                  or_(Job.available_at.is_(None), Job.available_at <= now))
-    pick = select(Job.id).where(ready).order_by(Job.created_at, Job.id).limit(1)
+    pick = select(Job.id).where(ready).order_by(Job.queue_seq, Job.created_at, Job.id).limit(1)
     if session.get_bind().dialect.name == "postgresql":
         pick = pick.with_for_update(skip_locked=True)
     job_id = session.scalar(pick)
@@ -130,11 +187,12 @@ def _fenced(session: Session, held: Claim, **values: Any) -> bool:
     row = session.execute(
         update(Job).where(Job.id == held.job_id, Job.fencing_token == held.token,
                           Job.status == JobStatus.running)
-        .values(**values).returning(Job.cancel_requested)).first()
+        .values(**values).returning(Job.cancel_requested, Job.user_id, Job.created_at)).first()
     if row is not None and values.keys() - _LEASE_ONLY:  # a renewal alone shows nothing
         mark_changed(session, (held.job_id,))
     if row is not None and values.get("status") in outbox.EVENT_OF_STATUS:
         outbox.record(session, (held.job_id,), values["status"])
+        _left(session, [(row[1], row[2], values["status"] is JobStatus.failed)])
     session.commit()
     if row is None:
         raise LeaseLost(held.job_id)
@@ -186,12 +244,14 @@ def reclaim_expired(session: Session, *, max_attempts: int) -> tuple[int, int]:
     """
     now = utcnow()
     expired = and_(Job.status == JobStatus.running, Job.lease_expires_at < now)
-    failed = session.scalars(
+    failed_rows = session.execute(
         update(Job).where(expired, Job.attempts >= max_attempts)
         .values(status=JobStatus.failed, finished_at=now, lease_owner=None,
                 lease_expires_at=None,
                 error=f"the image service stopped answering {max_attempts} times; please "
-                      "submit again").returning(Job.id)).all()
+                      "submit again").returning(Job.id, Job.user_id, Job.created_at)).all()
+    failed = [job_id for job_id, _, _ in failed_rows]
+    _left(session, [(user_id, created, True) for _, user_id, created in failed_rows])
     requeued = session.scalars(
         update(Job).where(expired).values(
             status=JobStatus.queued, lease_owner=None, lease_expires_at=None,

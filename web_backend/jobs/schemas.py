@@ -11,7 +11,9 @@ from web_backend.core.models import JobStatus
 from web_backend.core.schemas import UTCDatetime
 from web_backend.webhooks.schemas import WEBHOOK_EVENTS, WebhookEvent, WebhookOut
 
-__all__ = ["JobOut", "JobPage", "JobRequest", "Progress"]
+__all__ = ["MAX_PICTURES_PER_SUBMISSION", "JobOut", "JobPage", "JobRequest", "Progress"]
+
+MAX_PICTURES_PER_SUBMISSION = 16
 
 
 class Progress(BaseModel):
@@ -36,6 +38,10 @@ class JobRequest(GenerationRequest):
     webhook_events: list[WebhookEvent] = Field(
         default_factory=lambda: list(WEBHOOK_EVENTS), min_length=1, max_length=3,
         description="Which endings to announce.")
+    n: int = Field(1, ge=1, le=MAX_PICTURES_PER_SUBMISSION, description=(
+        "Pictures to make, each its own job (limits and quotas count each). With a seed, "
+        "picture i uses seed + i. The answer is the first job, with every job's id in "
+        "`batch`."))
 
 
 class JobOut(BaseModel):
@@ -47,7 +53,10 @@ class JobOut(BaseModel):
     request: dict[str, Any] = Field(description=(
         "What was asked for; an image prompt appears as its image_prompt_sha256."))
     progress: Progress
-    queue_position: int | None = Field(description="1 = next to start; null once started.")
+    queue_position: int | None = Field(description=(
+        "1 = next to start. Counted from the order of submission (it costs the same for "
+        "any queue length), so it may also count jobs ahead that were cancelled or that "
+        "started early; null once started."))
     eta_s: float | None = Field(description="Estimated seconds until the picture is ready.")
     seed: int | None
     error: str | None
@@ -57,6 +66,9 @@ class JobOut(BaseModel):
     events_url: str = Field(description="Signed SSE link (EventSource cannot send headers).")
     webhook: WebhookOut | None = Field(None, description=(
         "The job's webhook and its deliveries, when it asked for one."))
+    batch: list[str] | None = Field(None, description=(
+        "The ids of every job the submission made, in order, when it asked for n > 1 "
+        "pictures (this job is the first)."))
 
 
 class JobPage(BaseModel):

@@ -13,13 +13,15 @@ from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select
+from sqlalchemy import and_, or_, select
 from sqlalchemy.orm import Session
 
 from web_backend.core.errors import BadRequest
 from web_backend.core.models import Job, JobStatus, User, WebhookDelivery
 from web_backend.core.security import sign_link
 from web_backend.jobs.eta import Throughput
+from web_backend.jobs.queue import NewJob
+from web_backend.jobs.queue import head as queue_head
 from web_backend.jobs.schemas import JobOut, JobPage, Progress
 from web_backend.webhooks.outbox import deliveries_for
 from web_backend.webhooks.schemas import WebhookDeliveryOut, WebhookOut
@@ -44,6 +46,12 @@ def _deliveries(session: Session, jobs: Iterable[Job]) -> dict[str, list[Webhook
     """Webhook deliveries of the jobs that have a webhook, one query for all (or none)."""
     with_webhook = [job.id for job in jobs if job.webhook_url is not None]
     return deliveries_for(session, with_webhook) if with_webhook else {}
+
+
+def _needed(session: Session | None) -> Session:
+    if session is None:
+        raise ValueError("this view needs a database read: give a session")
+    return session
 
 
 def _encode_cursor(job: Job) -> str:
@@ -88,22 +96,24 @@ class JobViewer:
         sig = sign_link(self.signing_key, job_id, kind, expires)
         return f"/v1/jobs/{job_id}/{kind}?exp={expires}&sig={sig}"
 
-    def out(self, session: Session, job: Job, *, average_s: float | None = None,
+    def out(self, session: Session | None, job: Job, *, average_s: float | None = None,
             links_not_after: int | None = None,
-            deliveries: list[WebhookDelivery] | None = None) -> JobOut:
+            deliveries: list[WebhookDelivery] | None = None,
+            head: int | None = None, batch: list[str] | None = None) -> JobOut:
         """``average_s``: the ETA unit, when the caller already has it (one query per page).
         ``links_not_after``: signed links expire no later than this (a stream's credential).
-        ``deliveries``: the job's webhook deliveries, when the caller read them for a batch."""
+        ``deliveries``: the job's webhook deliveries, when the caller read them for a batch.
+        ``head``: the queue's head number, when the caller read it. With all of these
+        given, no ``session`` is needed (a new job's 202)."""
         position = eta = None
         if job.webhook_url is not None and deliveries is None:
-            deliveries = deliveries_for(session, (job.id,)).get(job.id, [])
+            deliveries = deliveries_for(_needed(session), (job.id,)).get(job.id, [])
         if job.status in _ACTIVE and average_s is None:
-            average_s = self.throughput.average_job_seconds(session)
+            average_s = self.throughput.average_job_seconds(_needed(session))
         if job.status is JobStatus.queued and average_s is not None:
-            ahead = session.scalar(select(func.count()).select_from(Job).where(
-                Job.status == JobStatus.queued,
-                or_(Job.created_at < job.created_at,
-                    and_(Job.created_at == job.created_at, Job.id < job.id)))) or 0
+            if head is None:
+                head = queue_head(_needed(session))
+            ahead = max(0, (job.queue_seq or 0) - (head or job.queue_seq or 0))
             position = ahead + 1
             eta = self.throughput.queued_eta(average_s, ahead)
         elif job.status is JobStatus.running and average_s is not None:
@@ -121,7 +131,23 @@ class JobViewer:
                          else None),
             events_url=self._link(job.id, "events", links_not_after),
             webhook=_webhook_out(job, deliveries or []),
+            batch=batch,
         )
+
+    def queued(self, job: NewJob, *, number: int, head: int | None, average_s: float,
+               batch: list[str] | None = None) -> JobOut:
+        """A job just queued, as its 202 shows it: from what admission read (no query)."""
+        ahead = max(0, number - (head or number))
+        return JobOut(
+            id=job.id, status=JobStatus.queued, created_at=job.created_at, started_at=None,
+            finished_at=None, request=job.request,
+            progress=Progress(step=0, total=job.progress_total, score=None),
+            queue_position=ahead + 1, eta_s=self.throughput.queued_eta(average_s, ahead),
+            seed=None, error=None, timings=None, image_url=None, preview_url=None,
+            events_url=self._link(job.id, "events", None),
+            webhook=(WebhookOut(url=job.webhook_url, events=job.webhook_events or [],
+                                deliveries=[]) if job.webhook_url is not None else None),
+            batch=batch)
 
     def payload(self, session: Session, job: Job) -> dict[str, Any]:
         """The job as JSON-ready data (what a webhook carries)."""

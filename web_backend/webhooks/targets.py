@@ -153,8 +153,7 @@ class Resolver:
         self.max_in_flight = max_in_flight
         self.per_owner = per_owner
         self.timeout_s = timeout_s
-        self._pool = ThreadPoolExecutor(max_workers=max_in_flight,
-                                        thread_name_prefix="webhook-dns")
+        self._pool: ThreadPoolExecutor | None = None  # made on first use (and after close)
         self._lock = threading.Lock()
         self._in_flight = 0
         self._by_owner: Counter[object] = Counter()
@@ -197,6 +196,9 @@ class Resolver:
         except ValueError:
             pass
         self._take(owner)
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=self.max_in_flight,
+                                            thread_name_prefix="webhook-dns")
         future = asyncio.get_running_loop().run_in_executor(
             self._pool, self._lookup, host, port, owner)
         try:
@@ -208,7 +210,11 @@ class Resolver:
         return addresses
 
     def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        """Let go of the threads (a lookup still stuck ends with its system resolver); a
+        later lookup starts new ones (an app may be served again)."""
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)
 
 
 async def resolve_target(url: str, *, allow_http: bool, allow_networks: Sequence[str],

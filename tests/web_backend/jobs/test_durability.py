@@ -5,6 +5,7 @@ generator in one process, so kill -9 takes all of it down at once)
 on a fresh PostgreSQL database with a short lease, then breaks something for real.
 """
 
+import contextlib
 import os
 import secrets
 import signal
@@ -210,3 +211,67 @@ def test_kill_9_between_success_and_webhook_still_delivers_after_restart(
     payload = Webhook(secret).verify(body, headers)
     assert payload["type"] == "job.completed" and payload["data"]["id"] == job["id"]
     assert headers["webhook-id"] == pending["id"]
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
+def test_kill_9_right_after_202s_loses_no_accepted_job(tmp_path: Path, kind: str) -> None:
+    """Submissions stream in from many threads; the web process is killed -9 the moment
+    twenty of them were answered 202 (others are mid-batch): every job answered 202 is in
+    the database, queued, and the usage counters match the rows."""
+    import threading
+
+    with contextlib.ExitStack() as stack:
+        url = (f"sqlite:///{tmp_path / 'clipgan.db'}" if kind == "sqlite"
+               else stack.enter_context(fresh_postgres_database("clipgan_durable")))
+        migrate.upgrade(url)
+        port = free_port()
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CLIPGAN_")}
+        env.update(CLIPGAN_DATA_DIR=str(tmp_path), CLIPGAN_DATABASE_URL=url,
+                   CLIPGAN_SECRET_KEY=SHARED_SECRET_KEY, CLIPGAN_ENV="prod",
+                   CLIPGAN_MAX_ACTIVE_JOBS="1000", CLIPGAN_SUBMISSIONS_PER_MINUTE="10000")
+        proc = subprocess.Popen([sys.executable, "-m", "clipgan.cli", "web", "--port",
+                                 str(port)], env=env, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        base = f"http://127.0.0.1:{port}"
+        try:
+            wait_ready(base, proc, path="/healthz", timeout=60)
+            auth = sign_up(base, "alice")
+            accepted: list[str] = []
+            enough = threading.Event()
+            lock = threading.Lock()
+
+            def submit() -> None:
+                with httpx.Client(base_url=base, headers=auth, timeout=10) as client:
+                    while True:
+                        try:
+                            r = client.post("/v1/jobs", json={"prompt": "smile"})
+                        except httpx.HTTPError:
+                            return  # the server is gone
+                        if r.status_code == 202:
+                            with lock:
+                                accepted.append(r.json()["id"])
+                                if len(accepted) >= 20:
+                                    enough.set()
+
+            threads = [threading.Thread(target=submit) for _ in range(8)]
+            for thread in threads:
+                thread.start()
+            assert enough.wait(60), "no 202s"
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=30)
+            for thread in threads:
+                thread.join(30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        engine = create_engine(url)
+        try:
+            with engine.connect() as conn:
+                stored = {row.id: row.status for row in conn.execute(
+                    text("SELECT id, status FROM jobs"))}
+                usage = conn.execute(text("SELECT active_jobs FROM user_usage")).scalar()
+        finally:
+            engine.dispose()
+        missing = [job_id for job_id in accepted if job_id not in stored]
+        assert missing == [] and all(stored[job_id] == "queued" for job_id in accepted)
+        assert usage == len(stored)  # no half-written batch

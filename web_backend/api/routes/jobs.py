@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import json
 import time
 import weakref
 from collections.abc import AsyncIterator, Callable
 from typing import Annotated
 
-import anyio.from_thread
 from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
@@ -32,8 +30,8 @@ from web_backend.api.deps import (
 )
 from web_backend.api.openapi import EVENT_STREAM, JOB_SUBMISSION, PNG, refusals
 from web_backend.api.submission import Submission, check_webhook_url
-from web_backend.core.errors import Conflict, NotFound, ServiceUnavailable
-from web_backend.core.models import Job, JobStatus
+from web_backend.core.errors import Conflict, NotFound, ServiceUnavailable, Unauthorized
+from web_backend.core.models import Job, JobStatus, User
 from web_backend.core.security import AccessClaims
 from web_backend.jobs import queue
 from web_backend.jobs.schemas import JobOut, JobPage
@@ -53,25 +51,52 @@ FIRST_READ_TIMEOUT_S = 5.0
              responses=refusals(401, 403, 409, 415, 422, 429, described={
                  409: "This Idempotency-Key was used for a different request.",
                  429: "Submissions per minute, active jobs or the daily quota reached."}))
-def submit(body: Submission, request: Request, response: Response, user: CurrentUser,
-               session: SessionDep, services: ServicesDep,
-               idempotency_key: Annotated[str | None, Header(
-                   min_length=1, max_length=128,
-                   description="Retrying with the same key returns the same job.")] = None,
-               ) -> JobOut:
-    """Queue a picture (JSON, or multipart with an image file); 202 with its place in line."""
-    counted = body.webhook_url is not None
+async def submit(body: Submission, request: Request, claims: AccessClaimsDep,
+                 services: ServicesDep,
+                 idempotency_key: Annotated[str | None, Header(
+                     min_length=1, max_length=128,
+                     description="Retrying with the same key returns the same job.")] = None,
+                 ) -> Response:
+    """Queue a picture (JSON, or multipart with an image file); 202 with its place in line.
+
+    No thread hop and no query of its own on the way in (the login from this process's
+    cache); the jobs are written by the next batch (``jobs.submit``), and the 202 is
+    built from what that batch read.
+    """
+    await check_live_login(services, claims)
+    counted = False
     if body.webhook_url is not None:  # a name lookup only for a caller known and counted
-        services.submissions.count(user)
-        anyio.from_thread.run(functools.partial(check_webhook_url, services, body.webhook_url,
-                                                owner=user.id))
-    job, replayed = services.submissions.submit(session, user, body, idempotency_key,
-                                                counted=counted)
-    if replayed:
-        response.headers["Idempotent-Replayed"] = "true"
-    elif (dispatcher := request.app.state.dispatcher) is not None:
-        dispatcher.wake()  # start it now rather than at the next poll
-    return services.job_viewer.out(session, job)
+        user = await run_in_threadpool(_user, services, claims.user_id)
+        await run_in_threadpool(services.submissions.count, user, body.n)
+        await check_webhook_url(services, body.webhook_url, owner=user.id)
+        counted = True
+    admitted = await services.submissions.submit(claims.user_id, body, idempotency_key,
+                                                 counted=counted)
+    batch = admitted.ids if len(admitted.ids) > 1 else None
+    headers = {"Idempotent-Replayed": "true"} if admitted.replayed else {}
+    if isinstance(admitted.first, Job):  # an earlier job, as it is now (it may have moved on)
+        out = await run_in_threadpool(_view, services, admitted.first, batch)
+    else:
+        if (dispatcher := request.app.state.dispatcher) is not None:
+            dispatcher.wake()  # start it now rather than at the next poll
+        out = services.job_viewer.queued(admitted.first, number=admitted.number or 0,
+                                         head=admitted.head, average_s=admitted.average_s,
+                                         batch=batch)
+    return Response(out.model_dump_json(), status_code=202, media_type="application/json",
+                    headers=headers)
+
+
+def _user(services: Services, user_id: int) -> User:
+    with services.session_factory() as session:
+        user = session.get(User, user_id)
+    if user is None:
+        raise Unauthorized("this session has ended; sign in again")
+    return user
+
+
+def _view(services: Services, job: Job, batch: list[str] | None) -> JobOut:
+    with services.session_factory() as session:
+        return services.job_viewer.out(session, session.merge(job, load=True), batch=batch)
 
 
 @router.get("", name="list", response_model=JobPage, responses=refusals(400, 401, 403))
