@@ -1,9 +1,12 @@
 """A minimal chat-bot style front end: reads "!anime <prompt>" lines, replies with a file.
 
-Wire `reply` to your chat platform; everything else is the clipgan REST API.
+Wire `reply` to your chat platform; everything else is the clipgan REST API. A bot runs
+for weeks: give it an API key (`clipgan keys create bot`), which lasts until you revoke
+it, not a password (an access token lasts minutes):
 
-  CLIPGAN_URL=http://127.0.0.1:8000 CLIPGAN_USERNAME=bot CLIPGAN_PASSWORD=... \\
-      python examples/chat_bot.py
+  CLIPGAN_URL=http://127.0.0.1:8000 CLIPGAN_API_KEY=cgk_... python examples/chat_bot.py
+
+(With CLIPGAN_USERNAME and CLIPGAN_PASSWORD instead, it signs in and keeps refreshing.)
 """
 
 from __future__ import annotations
@@ -22,7 +25,8 @@ def reply(text: str) -> None:
 
 def main() -> None:
     client = ClipganClient(os.environ.get("CLIPGAN_URL", "http://127.0.0.1:8000"))
-    client.sign_in(os.environ["CLIPGAN_USERNAME"], os.environ["CLIPGAN_PASSWORD"])
+    if not os.environ.get("CLIPGAN_API_KEY"):  # the key, when set, is the client's default
+        client.sign_in(os.environ["CLIPGAN_USERNAME"], os.environ["CLIPGAN_PASSWORD"])
     out_dir = Path(os.environ.get("BOT_OUTPUT", "bot-images"))
     out_dir.mkdir(exist_ok=True)
     for line in sys.stdin:

@@ -50,7 +50,8 @@ def test_every_setting_is_documented_in_the_readme() -> None:
     readme = (ROOT / "README.md").read_text()
     documented = set(re.findall(r"CLIPGAN_[A-Z0-9_]+", readme))
     groups = [web.DataSettings, web.AuthSettings, web.LimitSettings, web.HttpSettings,
-              web.SampleSettings, web.DispatchSettings, web.MLClientSettings, web.WebSettings]
+              web.SampleSettings, web.DispatchSettings, web.MLClientSettings, web.WebSettings,
+              web.OpenAISettings, web.FeedSettings, web.WebhookSettings]
     variables = {f.validation_alias for g in groups for f in g.model_fields.values()
                  if isinstance(f.validation_alias, str)}
     variables |= {f"CLIPGAN_{name.upper()}" for name in MLSettings.model_fields}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -17,9 +17,20 @@ from fastapi.staticfiles import StaticFiles
 from starlette.datastructures import Headers
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
+from web_backend.accounts.keys import KeyUsage, VerifiedKeys
+from web_backend.api.deps import claims_of
 from web_backend.api.errors import install_error_handlers
 from web_backend.api.openapi import install_openapi, operation_id
-from web_backend.api.routes import admin, auth, jobs, samples, system, users
+from web_backend.api.routes import (
+    admin,
+    auth,
+    jobs,
+    keys,
+    openai_compat,
+    samples,
+    system,
+    users,
+)
 from web_backend.api.submission import MAX_SUBMISSION_BYTES
 from web_backend.asgi.admission import Admission, ConcurrencyLimit
 from web_backend.asgi.bodies import BodyLimit
@@ -29,9 +40,10 @@ from web_backend.core import migrate
 from web_backend.core.background import Background, running
 from web_backend.core.changes import JobsHeard, LoginsHeard, announce_commits
 from web_backend.core.db import keep_private, make_engine, make_session_factory
+from web_backend.core.errors import ServiceError
 from web_backend.core.metrics import Metrics
 from web_backend.core.ratelimit import RateLimiter
-from web_backend.core.security import TokenError, VerifiedTokens
+from web_backend.core.security import VerifiedTokens
 from web_backend.core.settings import WebSettings
 from web_backend.core.storage import LocalBlobStore
 from web_backend.jobs.dispatcher import Dispatcher
@@ -106,6 +118,7 @@ def build_services(settings: WebSettings, ml_client: MLClient | None = None) -> 
         streams=StreamGate(per_user=settings.http.max_streams_per_user,
                            total=settings.http.max_streams),
         logins=logins, tokens=VerifiedTokens(signing_key), views=views,
+        key_checks=VerifiedKeys(), key_usage=KeyUsage(write_session_factory),
         sample_cache=SampleCache(settings.samples.cache_size),
         resolver=Resolver(),
     )
@@ -181,7 +194,9 @@ def _background(app: FastAPI, services: Services) -> list[Background]:
     need it), the dispatcher when there is an ML side, the webhook sender unless off."""
     settings = services.settings
     workers = [Background("job feed", services.feed, "event streams and caches will not "
-                          "see changes until this process restarts")]
+                          "see changes until this process restarts"),
+               Background("API key usage", services.key_usage, "API keys' last use is not "
+                          "recorded until this process restarts")]
     if settings.dispatch.enabled and not isinstance(services.ml, NoMLClient):
         app.state.dispatcher = make_dispatcher(services)
         workers.append(Background("dispatcher", app.state.dispatcher,
@@ -239,7 +254,7 @@ def create_app(settings: WebSettings | None = None, *, ml_client: MLClient | Non
         app.add_middleware(CORSMiddleware, allow_origins=settings.http.cors_origins,
                            allow_methods=["GET", "POST", "PUT", "DELETE"],
                            allow_headers=["Authorization", "Content-Type", "Idempotency-Key"])
-    for module in (system, auth, users, jobs, samples, admin):
+    for module in (system, auth, users, keys, jobs, samples, admin, openai_compat):
         app.include_router(module.router)
     install_openapi(app)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
@@ -257,12 +272,15 @@ def create_app(settings: WebSettings | None = None, *, ml_client: MLClient | Non
     # below the 40 threadpool threads and the 50 pooled connections (see asgi/admission.py)
     app.state.admission = Admission(settings.http.max_concurrent_requests)
     app.add_middleware(ConcurrencyLimit, limit=settings.http.max_concurrent_requests,
-                       exempt_suffixes=("/events", "/healthz"), admission=app.state.admission)
+                       # streams, and OpenAI generations that wait for their pictures, hold
+                       # no slot: they are bounded per account and process (StreamGate)
+                       exempt_suffixes=("/events", "/healthz", "/images/generations"),
+                       admission=app.state.admission)
     # bodies are read before a slot is taken (see asgi/bodies.py)
     app.add_middleware(BodyLimit, limit=settings.http.max_body_bytes,
                        timeout_s=settings.http.body_timeout_s,
                        uploads={("POST", "/v1/jobs"): MAX_SUBMISSION_BYTES},
-                       may_upload=_bearer_checker(services.tokens),
+                       may_upload=_bearer_checker(services),
                        max_concurrent_uploads=settings.http.max_concurrent_uploads)
     app.add_middleware(SecurityHeaders)  # on refusals from the layers inside too
     app.add_middleware(RequestIdMiddleware)  # ids even on refused requests
@@ -272,16 +290,17 @@ def create_app(settings: WebSettings | None = None, *, ml_client: MLClient | Non
     return app
 
 
-def _bearer_checker(tokens: VerifiedTokens) -> Callable[[Headers], bool]:
-    """Whether headers carry an unexpired access token we signed (revocation is the
-    route's to check): enough to let a client send megabytes."""
-    def may_upload(headers: Headers) -> bool:
+def _bearer_checker(services: Services) -> Callable[[Headers], Awaitable[bool]]:
+    """Whether headers carry an unexpired access token we signed, or an API key whose
+    hash matches (revocation is the route's to check): enough to let a client send
+    megabytes."""
+    async def may_upload(headers: Headers) -> bool:
         scheme, _, token = headers.get("authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not token:
             return False
         try:
-            tokens.decode(token.strip())
-        except TokenError:
+            await claims_of(token.strip(), services)
+        except ServiceError:
             return False
         return True
     return may_upload

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from web_backend.accounts.keys import KeyUsage, VerifiedKeys
 from web_backend.core.metrics import Metrics
 from web_backend.core.ratelimit import RateLimiter
 from web_backend.core.security import VerifiedTokens
@@ -48,6 +49,8 @@ class Services:
     streams: StreamGate                           # open /events streams in this process
     logins: LoginCache                            # live logins, while the feed hears changes
     tokens: VerifiedTokens                        # access tokens whose signature was checked
+    key_checks: VerifiedKeys                      # API keys whose hash was checked
+    key_usage: KeyUsage                           # keys used since the last minute's write
     views: KeptViews                              # job views a status read needs no query for
     sample_cache: SampleCache                     # (model, seed, psi) -> PNG, small LRU
     resolver: Resolver                            # webhook host names, bounded lookups

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, EmailStr, Field
+from typing import Literal
 
+from pydantic import BaseModel, ConfigDict, EmailStr, Field, field_validator
+
+from ml_backend.text import plain_text
 from web_backend.core.schemas import UTCDatetime
 
-__all__ = ["USERNAME_PATTERN", "Limits", "LimitsUpdate", "PasswordChange", "RefreshRequest",
-           "SignInForm", "TokenPair", "UserCreate", "UserDetail", "UserOut"]
+__all__ = ["USERNAME_PATTERN", "ApiKeyCreate", "ApiKeyCreated", "ApiKeyOut", "Limits",
+           "LimitsUpdate", "PasswordChange", "RefreshRequest", "SignInForm", "TokenPair",
+           "UserCreate", "UserDetail", "UserOut"]
 
 USERNAME_PATTERN = r"^[A-Za-z0-9_.-]{3,32}$"
 
@@ -40,6 +44,8 @@ class Limits(BaseModel):
 
 class UserDetail(UserOut):
     limits: Limits
+    api_keys: int | None = Field(None, description=(
+        "How many API keys the account has (revoked ones not counted)."))
 
 
 class LimitsUpdate(BaseModel):
@@ -85,3 +91,54 @@ class SignInForm(BaseModel):
     grant_type: str | None = Field(None, pattern="^password$")
     username: str = Field(min_length=1, max_length=254)
     password: str = Field(min_length=1, max_length=1024)
+
+
+KeyScope = Literal["jobs:read", "jobs:write"]
+_ALL_SCOPES: tuple[KeyScope, ...] = ("jobs:read", "jobs:write")
+
+
+class ApiKeyCreate(BaseModel):
+    """A new API key for a program: what it may do, and for how long."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"name": "discord bot", "scopes": ["jobs:read", "jobs:write"], "expires_in_days": 90}]})
+
+    name: str = Field(min_length=1, max_length=64, description="To recognise it by.")
+    scopes: list[KeyScope] = Field(default_factory=lambda: list(_ALL_SCOPES),
+                                   min_length=1, max_length=2, description=(
+        "jobs:read (see jobs, pictures, events), jobs:write (submit, cancel). Never "
+        "account or administration changes."))
+    expires_in_days: int | None = Field(None, ge=1, le=3650, description=(
+        "Days until it stops working; null: until revoked."))
+    rate_per_minute: int | None = Field(None, ge=1, le=100_000, description=(
+        "Pictures per minute this key may submit, within the account's own limit."))
+
+    @field_validator("name")
+    @classmethod
+    def _plain(cls, name: str) -> str:
+        name = plain_text(name).strip()
+        if not name:
+            raise ValueError("name must not be blank")
+        return name
+
+
+class ApiKeyOut(BaseModel):
+    """An API key as listed: never its secret."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    id: str
+    name: str
+    prefix: str = Field(description="The key's first characters, to tell which one it is.")
+    scopes: list[str]
+    created_at: UTCDatetime
+    expires_at: UTCDatetime | None
+    last_used_at: UTCDatetime | None = Field(description=(
+        "Within a minute or so: it is written at most once a minute."))
+    rate_per_minute: int | None
+
+
+class ApiKeyCreated(ApiKeyOut):
+    key: str = Field(description=(
+        "The key itself, shown only now: send it as 'Authorization: Bearer <key>'. "
+        "Only its hash is kept; lose it and make a new one."))

@@ -66,9 +66,10 @@ def limits_for(user: LimitOverrides, defaults: LimitSettings) -> Limits:
     )
 
 
-def user_detail(user: User, defaults: LimitSettings) -> UserDetail:
+def user_detail(user: User, defaults: LimitSettings, *, api_keys: int | None = None,
+                ) -> UserDetail:
     return UserDetail(**UserOut.model_validate(user).model_dump(),
-                      limits=limits_for(user, defaults))
+                      limits=limits_for(user, defaults), api_keys=api_keys)
 
 
 def register(session: Session, body: UserCreate, *, is_admin: bool = False) -> User:

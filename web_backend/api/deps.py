@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Annotated, Any
 
 from fastapi import Depends, Path, Request
@@ -12,17 +13,19 @@ from fastapi.security import OAuth2PasswordBearer
 from sqlalchemy import and_, select
 from sqlalchemy.orm import Session
 
+from web_backend.accounts.keys import looks_like_key, parse_key, verify_key
 from web_backend.core.errors import Forbidden, NotFound, Unauthorized
-from web_backend.core.models import AuthSession, Job, User
+from web_backend.core.models import ApiKey, AuthSession, Job, User
 from web_backend.core.security import AccessClaims, TokenError, verify_link
 from web_backend.core.settings import WebSettings
 from web_backend.live.login_cache import LoginCache
 from web_backend.services import Services
 
 __all__ = ["AccessClaimsDep", "AdminUser", "ClientAddress", "CurrentLogin", "CurrentUser",
-           "JobId", "OwnedJob", "ServicesDep", "SessionDep", "SettingsDep", "StreamAccess",
-           "StreamAccessDep", "check_live_login", "job_by_token_or_link", "limit_per_address",
-           "owned_job"]
+           "JobId", "JobsReader", "JobsWriter", "OwnedJob", "ServicesDep", "SessionDep",
+           "SettingsDep", "StreamAccess", "StreamAccessDep", "check_live_login", "claims_of",
+           "job_by_token_or_link", "limit_per_address", "no_keys", "owned_job",
+           "require_scope"]
 
 oauth2_scheme = OAuth2PasswordBearer(tokenUrl="/v1/auth/token", auto_error=False)
 
@@ -87,40 +90,116 @@ def get_session(request: Request, services: ServicesDep) -> Iterator[Session]:
 SessionDep = Annotated[Session, Depends(get_session)]
 
 
-def _claims(token: str | None, services: Services) -> AccessClaims:
-    if not token:
-        raise Unauthorized("not signed in: send 'Authorization: Bearer <access token>'")
+_SIGN_IN_FIRST = "not signed in: send 'Authorization: Bearer <access token or API key>'"
+
+
+def _token_claims(token: str, services: Services) -> AccessClaims:
     try:
         return services.tokens.decode(token)
     except TokenError:
         raise Unauthorized("invalid or expired access token; sign in again or refresh") from None
 
 
+def _verified_key(token: str, services: Services) -> AccessClaims:
+    """An API key's claims: malformed ones refused without a read, a key checked before
+    from memory, any other by its row (which remembers it)."""
+    parse_key(token)  # 401 at once for a mistyped key
+    checked = services.key_checks.get(token)
+    if checked is None:
+        with services.session_factory() as session:
+            claims, per_minute = verify_key(session, token)
+        services.key_checks.put(token, claims, per_minute)
+    else:
+        claims, per_minute = checked
+    services.key_usage.touch(claims.key_id or "")
+    return replace(claims, per_minute=per_minute)
+
+
+def _claims(token: str | None, services: Services) -> AccessClaims:
+    """Sync: for dependencies that already run on a worker thread."""
+    if not token:
+        raise Unauthorized(_SIGN_IN_FIRST)
+    if looks_like_key(token):
+        return _verified_key(token, services)
+    return _token_claims(token, services)
+
+
+async def claims_of(token: str | None, services: Services) -> AccessClaims:
+    """Async: an access token's signature on the loop; a key not seen before is read on a
+    worker thread (once: then it is remembered)."""
+    if not token:
+        raise Unauthorized(_SIGN_IN_FIRST)
+    if looks_like_key(token):
+        if services.key_checks.get(token) is None:
+            return await run_in_threadpool(_verified_key, token, services)
+        return _verified_key(token, services)
+    return _token_claims(token, services)
+
+
+def require_scope(claims: AccessClaims, scope: str) -> None:
+    """An API key acts only within its scopes (a login may do all its account may)."""
+    if claims.scopes is not None and scope not in claims.scopes:
+        raise Forbidden(f"this API key may not do that (it needs the scope {scope!r}; its "
+                        f"scopes are {', '.join(sorted(claims.scopes)) or 'none'})")
+
+
+def no_keys(claims: AccessClaims) -> None:
+    """Account and administration routes take a signed-in login, never an API key."""
+    if claims.key_id is not None:
+        raise Forbidden("an API key cannot change an account or administer one; sign in "
+                        "with the account's password")
+
+
 async def get_access_claims(token: Annotated[str | None, Depends(oauth2_scheme)],
                             services: ServicesDep) -> AccessClaims:
-    """The bearer token's claims, checked by signature only: the route checks the login
-    itself, in the same query as what it reads (:func:`owned_job`)."""
-    return _claims(token, services)
+    """The bearer credential's claims, checked by signature (an access token) or hash (an
+    API key) only: the route checks the login itself, in the same query as what it reads
+    (:func:`owned_job`)."""
+    return await claims_of(token, services)
 
 
 AccessClaimsDep = Annotated[AccessClaims, Depends(get_access_claims)]
 
 
+def _login_row(session: Session, claims: AccessClaims) -> Any:
+    """(User, its login: an AuthSession, or an ApiKey) of live credentials, or None."""
+    if claims.key_id is not None:
+        return session.execute(
+            select(User, ApiKey).join(ApiKey, ApiKey.user_id == User.id)
+            .where(User.id == claims.user_id, ApiKey.id == claims.key_id)).first()
+    return session.execute(
+        select(User, AuthSession).join(AuthSession, AuthSession.user_id == User.id)
+        .where(User.id == claims.user_id, AuthSession.id == claims.session_id)).first()
+
+
+def _check_row(claims: AccessClaims, row: Any) -> Any:
+    """``row`` if its login (or key) is live and its account active; else refused."""
+    if claims.key_id is not None:
+        if row is None or row[1].revoked_at is not None:
+            raise Unauthorized("this API key was revoked")
+        if int(time.time()) >= claims.expires_at:
+            raise Unauthorized("this API key has expired; make a new one")
+    elif row is None or row[1].revoked_at is not None:
+        raise Unauthorized("this session has ended; sign in again")
+    if not row[0].is_active:
+        raise Unauthorized("this account is disabled")
+    return row
+
+
 def owned_job(session: Session, claims: AccessClaims, job_id: str,
               logins: LoginCache | None = None) -> Job:
-    """The job, if the login is live, its account active and the job its own: all in one
-    query (a status read is the most frequent request; it pays for one round trip).
-    A live login is remembered in ``logins``."""
+    """The job, if the login (or key) is live, its account active and the job its own:
+    all in one query (a status read is the most frequent request; it pays for one round
+    trip). A live login is remembered in ``logins``."""
     generation = logins.generation() if logins is not None else 0
+    login = ApiKey if claims.key_id is not None else AuthSession
     row = session.execute(
-        select(User.is_active, AuthSession.revoked_at, Job)
-        .select_from(AuthSession).join(User, User.id == AuthSession.user_id)
+        select(User, login, Job)
+        .select_from(login).join(User, User.id == login.user_id)
         .outerjoin(Job, and_(Job.id == job_id, Job.user_id == User.id))
-        .where(AuthSession.id == claims.session_id, User.id == claims.user_id)).first()
-    if row is None or row[1] is not None:
-        raise Unauthorized("this session has ended; sign in again")
-    if not row[0]:
-        raise Unauthorized("this account is disabled")
+        .where(login.id == (claims.key_id or claims.session_id),
+               User.id == claims.user_id)).first()
+    row = _check_row(claims, row)
     if logins is not None:
         logins.remember(claims.session_id, claims.user_id, generation)
     if row[2] is None:  # another user's job answers exactly like a missing one
@@ -129,22 +208,22 @@ def owned_job(session: Session, claims: AccessClaims, job_id: str,
     return job
 
 
-def _login(claims: AccessClaims, session: Session) -> tuple[User, AuthSession]:
-    row = session.execute(
-        select(User, AuthSession).join(AuthSession, AuthSession.user_id == User.id)
-        .where(User.id == claims.user_id, AuthSession.id == claims.session_id)
-    ).first()
+def _login(claims: AccessClaims, session: Session) -> tuple[User, AuthSession | ApiKey]:
+    row = _login_row(session, claims)
     session.commit()  # see get_session: never return from a dependency inside a transaction
-    if row is None or row[1].revoked_at is not None:
-        raise Unauthorized("this session has ended; sign in again")
-    if not row[0].is_active:
-        raise Unauthorized("this account is disabled")
+    row = _check_row(claims, row)
     return row[0], row[1]
 
 
 def get_current_login(token: Annotated[str | None, Depends(oauth2_scheme)],
                       services: ServicesDep, session: SessionDep) -> tuple[User, AuthSession]:
-    return _login(_claims(token, services), session)
+    """A signed-in login (account routes: never an API key)."""
+    claims = _claims(token, services)
+    no_keys(claims)
+    user, login = _login(claims, session)
+    if not isinstance(login, AuthSession):  # pragma: no cover (no_keys said so)
+        raise Forbidden("sign in with the account's password")
+    return user, login
 
 
 CurrentLogin = Annotated[tuple[User, AuthSession], Depends(get_current_login)]
@@ -166,6 +245,21 @@ async def get_admin(user: CurrentUser) -> User:
 AdminUser = Annotated[User, Depends(get_admin)]
 
 
+def _user_with(scope: str) -> Any:
+    """The account a login or an API key with ``scope`` acts for (job routes)."""
+    def dependency(token: Annotated[str | None, Depends(oauth2_scheme)],
+                   services: ServicesDep, session: SessionDep) -> User:
+        claims = _claims(token, services)
+        require_scope(claims, scope)
+        return _login(claims, session)[0]
+
+    return Depends(dependency)
+
+
+JobsReader = Annotated[User, _user_with("jobs:read")]
+JobsWriter = Annotated[User, _user_with("jobs:write")]
+
+
 JobId = Annotated[str, Path(min_length=1, max_length=64, description="A job's id.")]
 
 
@@ -178,7 +272,8 @@ def _owned(job_id: str, user: User, session: Session) -> Job:
     return job
 
 
-def get_owned_job(job_id: JobId, user: CurrentUser, session: SessionDep) -> Job:
+def get_owned_job(job_id: JobId, user: JobsWriter, session: SessionDep) -> Job:
+    """A job of the caller's that it may change (a login, or a key with jobs:write)."""
     return _owned(job_id, user, session)
 
 
@@ -209,6 +304,7 @@ def job_by_token_or_link(kind: str) -> Any:
             request.state.credential_expires_at = exp
             return job
         claims = _claims(token, services)
+        require_scope(claims, "jobs:read")
         user, _ = _login(claims, session)
         request.state.credential_expires_at = claims.expires_at
         return _owned(job_id, user, session)
@@ -260,7 +356,8 @@ async def get_stream_access(job_id: JobId, services: ServicesDep,
         if not verify_link(services.signing_key, job_id, "events", exp, sig):
             raise Forbidden("this link is invalid or has expired")
         return StreamAccess(job_id, exp, None)
-    claims = _claims(token, services)
+    claims = await claims_of(token, services)
+    require_scope(claims, "jobs:read")
     await check_live_login(services, claims)
     return StreamAccess(job_id, claims.expires_at, claims.user_id, claims)
 

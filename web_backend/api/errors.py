@@ -18,7 +18,7 @@ from starlette.responses import Response
 
 from web_backend.core.errors import ServiceError
 
-__all__ = ["install_error_handlers", "validation_detail"]
+__all__ = ["OPENAI_PREFIX", "install_error_handlers", "openai_error", "validation_detail"]
 
 log = logging.getLogger(__name__)
 
@@ -29,21 +29,48 @@ def validation_detail(exc: ValidationError | RequestValidationError) -> list[dic
             for e in exc.errors()]
 
 
+OPENAI_PREFIX = "/openai/"
+_OPENAI_TYPES = {400: "invalid_request_error", 401: "authentication_error",
+                 403: "permission_error", 404: "not_found_error", 409: "conflict_error",
+                 413: "invalid_request_error", 415: "invalid_request_error",
+                 422: "invalid_request_error", 429: "rate_limit_error"}
+
+
+def openai_error(status: int, detail: Any, *, code: str | None = None) -> dict[str, Any]:
+    """A refusal in the OpenAI API's shape (what its SDKs and clients read):
+    ``{"error": {"message", "type", "param", "code"}}``."""
+    param = None
+    if isinstance(detail, list):  # field errors: the first names the parameter
+        first = detail[0] if detail else {}
+        loc = [part for part in first.get("loc", []) if part != "body"]
+        param = str(loc[0]) if loc else None
+        message = "; ".join(f"{'.'.join(str(p) for p in e.get('loc', []) if p != 'body')}: "
+                            f"{e.get('msg', '')}" for e in detail)
+    else:
+        message = str(detail)
+    kind = _OPENAI_TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
+    return {"error": {"message": message, "type": kind, "param": param,
+                      "code": code or kind}}
+
+
 def install_error_handlers(app: FastAPI) -> None:
     def respond(request: Request, status: int, detail: Any,
-                headers: dict[str, str] | None) -> JSONResponse:
+                headers: dict[str, str] | None, code: str | None = None) -> JSONResponse:
         if status == 429:
             request.app.state.services.metrics.rate_limited.labels(
                 limit=request.url.path).inc()
+        if request.url.path.startswith(OPENAI_PREFIX):
+            return JSONResponse(openai_error(status, detail, code=code), status_code=status,
+                                headers=headers)
         return JSONResponse({"detail": detail}, status_code=status, headers=headers)
 
     @app.exception_handler(ServiceError)
     async def _refused(request: Request, exc: ServiceError) -> JSONResponse:
-        return respond(request, exc.status_code, exc.detail, exc.headers)
+        return respond(request, exc.status_code, exc.detail, exc.headers, exc.code)
 
     @app.exception_handler(RequestValidationError)
-    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
-        return JSONResponse({"detail": validation_detail(exc)}, status_code=422)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return respond(request, 422, validation_detail(exc), None)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -54,8 +81,8 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _database_busy(request: Request, exc: Exception) -> JSONResponse:
         log.warning("database unavailable on %s %s: %s", request.method, request.url.path,
                     type(exc).__name__)
-        return JSONResponse({"detail": "the database is busy or unreachable; retry shortly"},
-                            status_code=503, headers={"Retry-After": "2"})
+        return respond(request, 503, "the database is busy or unreachable; retry shortly",
+                       {"Retry-After": "2"})
 
     @app.exception_handler(ClientDisconnect)
     async def _gone(_: Request, __: ClientDisconnect) -> Response:
@@ -66,5 +93,4 @@ def install_error_handlers(app: FastAPI) -> None:
         reference = uuid.uuid4().hex[:12]
         log.error("unhandled error %s on %s %s", reference, request.method, request.url.path,
                   exc_info=exc)
-        return JSONResponse({"detail": f"internal error (reference {reference})"},
-                            status_code=500)
+        return respond(request, 500, f"internal error (reference {reference})", None)

@@ -51,7 +51,10 @@ _REFUSALS: dict[int, tuple[str, dict[str, Any]]] = {
     415: ("Send JSON, or multipart/form-data where the route accepts it.", {}),
     422: ("A field is invalid: `detail` lists each one, or says what to fix.", {}),
     429: ("A limit was reached; retry after `Retry-After` seconds.", _RATE_HEADERS),
+    500: ("A job failed: no picture was made.", {}),
     503: ("Overloaded, or a dependency is unreachable; retry after `Retry-After` seconds.",
+          {"Retry-After": _RATE_HEADERS["Retry-After"]}),
+    504: ("Not ready in time; the work goes on: retry after `Retry-After` seconds.",
           {"Retry-After": _RATE_HEADERS["Retry-After"]}),
 }
 
@@ -110,18 +113,19 @@ def _headers(code: int) -> dict[str, Any]:
 
 
 def refusals(*codes: int, described: Mapping[int, str] | None = None,
-             ) -> dict[int | str, dict[str, Any]]:
-    """Responses for a route decorator: each status with the ``Detail`` body, its
-    meaning (``described`` says it more precisely for this route) and its headers."""
+             body: type[BaseModel] = Detail) -> dict[int | str, dict[str, Any]]:
+    """Responses for a route decorator: each status with the ``Detail`` body (or ``body``:
+    the OpenAI routes' ``OpenAIError``), its meaning (``described`` says it more
+    precisely for this route) and its headers."""
     described = described or {}
-    return {code: {"model": Detail, "description": described.get(code, _REFUSALS[code][0]),
+    return {code: {"model": body, "description": described.get(code, _REFUSALS[code][0]),
                    **_headers(code)} for code in codes}
 
 
-def _response(code: int) -> dict[str, Any]:
+def _response(code: int, body: str = "Detail") -> dict[str, Any]:
     """The same, written straight into the document (after FastAPI built it)."""
-    body = {"application/json": {"schema": {"$ref": "#/components/schemas/Detail"}}}
-    return {"description": _REFUSALS[code][0], "content": body, **_headers(code)}
+    content = {"application/json": {"schema": {"$ref": f"#/components/schemas/{body}"}}}
+    return {"description": _REFUSALS[code][0], "content": content, **_headers(code)}
 
 
 def _add_models(schemas: dict[str, Any]) -> None:
@@ -140,16 +144,17 @@ def _complete(document: dict[str, Any]) -> None:
     what every body may meet before the route (unparsable 400, the body limits' 408 and
     413); 503 on every route (the database or the process may be busy)."""
     _add_models(document.setdefault("components", {}).setdefault("schemas", {}))
-    for methods in document["paths"].values():
+    for path, methods in document["paths"].items():
+        body = "OpenAIError" if path.startswith("/openai/") else "Detail"
         for operation in methods.values():
             if operation.get("description"):
                 operation["summary"] = operation["description"].splitlines()[0].rstrip(".")
             responses = operation["responses"]
             if "HTTPValidationError" in str(responses.get("422")):  # FastAPI's, not ours
-                responses["422"] = _response(422)
+                responses["422"] = _response(422, body)
             for code in (400, 408, 413) if "requestBody" in operation else ():
-                responses.setdefault(str(code), _response(code))
-            responses.setdefault("503", _response(503))
+                responses.setdefault(str(code), _response(code, body))
+            responses.setdefault("503", _response(503, body))
     for unused in ("HTTPValidationError", "ValidationError"):
         document["components"]["schemas"].pop(unused, None)
 

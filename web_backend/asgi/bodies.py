@@ -8,8 +8,8 @@ its own connection. And a limit checked per route is a limit some route forgets:
 one streaming limit here covers every route, with or without ``Content-Length``.
 
 Only ``POST /v1/jobs`` may send more than a small JSON document (an image prompt), and
-only with a valid access token, so an anonymous client cannot make this process
-buffer megabytes. How many such uploads are buffered at once is bounded too.
+only with a valid access token or API key, so an anonymous client cannot make this
+process buffer megabytes. How many such uploads are buffered at once is bounded too.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -38,7 +38,7 @@ class BodyLimit:
                  limit: int,                                  # bytes, every other route
                  timeout_s: float,                            # to receive a whole body
                  uploads: dict[tuple[str, str], int],         # route -> its larger limit
-                 may_upload: Callable[[Headers], bool],       # e.g. a valid bearer token
+                 may_upload: Callable[[Headers], Awaitable[bool]],  # a valid bearer?
                  max_concurrent_uploads: int) -> None:
         self.app = app
         self.limit = limit
@@ -68,9 +68,10 @@ class BodyLimit:
             return
         if upload_limit is None:
             body = await self._read(receive, send, limit)
-        elif not self.may_upload(headers):
+        elif not await self.may_upload(headers):
             await _refuse(send, 401, "sign in first: submitting a job needs a bearer access "
-                                     "token (POST /v1/auth/token)", {"www-authenticate": "Bearer"})
+                                     "token (POST /v1/auth/token) or an API key",
+                          {"www-authenticate": "Bearer"})
             return
         else:
             body = await self._read_upload(receive, send, limit)

@@ -34,7 +34,7 @@ NAMING_CONVENTION = {  # stable constraint names, so migrations can drop them on
     "pk": "pk_%(table_name)s",
 }
 
-__all__ = ["AuthSession", "Base", "Counter", "DeliveryStatus", "Job", "JobStatus",
+__all__ = ["ApiKey", "AuthSession", "Base", "Counter", "DeliveryStatus", "Job", "JobStatus",
            "RefreshToken", "User", "UserUsage", "WebhookDelivery", "utcnow"]
 
 
@@ -118,6 +118,25 @@ class RefreshToken(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class ApiKey(Base):
+    """A program's credential (``accounts.keys``): only the SHA-256 of the key is kept."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(String(16), primary_key=True)  # public part of the key
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(64))
+    secret_hash: Mapped[str] = mapped_column(String(64))
+    scopes: Mapped[list[str]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True),
+                                                          nullable=True)
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    # the key's own submissions per minute, within the account's; NULL: the account's only
+    rate_per_minute: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
 
 class Job(Base):

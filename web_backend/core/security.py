@@ -51,9 +51,20 @@ def verify_password(password: str, password_hash: str | None) -> bool:
 
 @dataclass(frozen=True)
 class AccessClaims:
+    """Who a bearer credential acts for. An access token's login is its session; an API
+    key's is ``key:<id>``, and it acts only within its ``scopes`` (None: a login, which
+    may do everything its account may)."""
+
     user_id: int
     session_id: str
     expires_at: int = 0  # unix time
+    scopes: frozenset[str] | None = None
+    per_minute: int | None = None  # an API key's own submissions per minute, if it has one
+
+    @property
+    def key_id(self) -> str | None:
+        """The API key's id when the credential is one."""
+        return self.session_id[4:] if self.session_id.startswith("key:") else None
 
 
 def create_access_token(key: bytes, *, user_id: int, session_id: str, ttl_s: int) -> str:

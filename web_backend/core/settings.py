@@ -23,7 +23,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = [
     "AuthSettings", "DataSettings", "DispatchSettings", "FeedSettings", "HttpSettings",
-    "InsecureSettingsError", "LimitSettings", "MLClientSettings", "SampleSettings",
+    "InsecureSettingsError", "LimitSettings", "MLClientSettings", "OpenAISettings",
+    "SampleSettings",
     "WebSettings", "WebhookSettings",
 ]
 
@@ -72,7 +73,8 @@ class DataSettings(_Group):
 class AuthSettings(_Group):
     """Tokens, signed links, and the per-address limits on signing in and signing up."""
 
-    access_token_ttl_s: int = var("ACCESS_TOKEN_TTL_S", 900, ge=60, le=86400)
+    access_token_ttl_s: int = var("ACCESS_TOKEN_TTL_S", 900, ge=1, le=86400, description=(
+        "Lifetime of an access token; clients refresh it with their refresh token."))
     refresh_token_ttl_s: int = var("REFRESH_TOKEN_TTL_S", 30 * 86400, ge=3600)
     signed_url_ttl_s: int = var("SIGNED_URL_TTL_S", 3600, ge=60, description=(
         "Lifetime of shareable image and event links."))
@@ -181,6 +183,16 @@ class WebhookSettings(_Group):
         return len(self.backoff_s) + 1
 
 
+class OpenAISettings(_Group):
+    """The OpenAI Images API (``/openai/v1``)."""
+
+    wait_s: float = var("OPENAI_WAIT_S", 300.0, gt=0, le=3600, description=(
+        "How long a generation request waits for its pictures; then 504 (the jobs go on: "
+        "a retry of the same request waits for them again)."))
+    max_n: int = var("OPENAI_MAX_N", 4, ge=1, le=16, description=(
+        "Most pictures one request may ask for."))
+
+
 class SampleSettings(_Group):
     """Instant samples (``GET /v1/sample.png``)."""
 
@@ -259,6 +271,7 @@ class WebSettings(_Group):
     feed: FeedSettings = Field(default_factory=FeedSettings)
     dispatch: DispatchSettings = Field(default_factory=DispatchSettings)
     webhooks: WebhookSettings = Field(default_factory=WebhookSettings)
+    openai: OpenAISettings = Field(default_factory=OpenAISettings)
     ml: MLClientSettings = Field(default_factory=MLClientSettings)
 
     @model_validator(mode="after")

@@ -111,6 +111,8 @@ class _Pending:
     idempotency_key: str | None
     counted: bool
     image_key: str | None
+    key_id: str | None
+    key_per_minute: int | None
     done: asyncio.Future[Admitted] = field(repr=False)
 
 
@@ -154,18 +156,20 @@ class Submissions:
                                f"{rate.reset_after_s} s")
 
     async def submit(self, user_id: int, request: JobRequest, idempotency_key: str | None, *,
-                     counted: bool = False) -> Admitted:
+                     counted: bool = False, key_id: str | None = None,
+                     key_per_minute: int | None = None) -> Admitted:
         """Queue ``request.n`` jobs for ``user_id``, or return the earlier ones for a
         retried Idempotency-Key; raises the refusal (:class:`ServiceError`) otherwise.
         ``counted``: the caller already counted them (:meth:`count`: before checking a
-        webhook's URL, which resolves names)."""
+        webhook's URL, which resolves names). ``key_id``, ``key_per_minute``: the API key
+        submitting, and its own limit within the account's."""
         image_key = None
         if request.image_prompt is not None:  # decoded and reduced once, off the loop
             image_key = await anyio.to_thread.run_sync(self._store_image, request.image_prompt)
         loop = asyncio.get_running_loop()
         line = self._lines.setdefault(loop, _Line())
         pending = _Pending(user_id, request, idempotency_key, counted, image_key,
-                           loop.create_future())
+                           key_id, key_per_minute, loop.create_future())
         line.waiting.append(pending)
         if line.writing is None:
             line.writing = loop.create_task(self._write_batches(line))
@@ -290,6 +294,12 @@ class Submissions:
         n = request.n
         if not pending.counted:
             self.count(user, n)
+        if pending.key_id is not None and pending.key_per_minute is not None:
+            rate = self.limiter.hit("submit-key", pending.key_id,
+                                    limit=pending.key_per_minute, cost=n)
+            if not rate.allowed:
+                raise rate.refusal(f"this API key may submit {pending.key_per_minute} "
+                                   f"pictures per minute; try again in {rate.reset_after_s} s")
         limits = limits_for(user, self.defaults)
         counts = usage[user.id]
         if counts.active_jobs + n > limits.max_active_jobs:

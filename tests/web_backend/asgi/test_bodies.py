@@ -17,7 +17,10 @@ async def _echo(scope, receive, send) -> None:
 
 
 def _call(content_length: str, body: bytes = b"{}") -> tuple[int, bytes]:
-    limit = BodyLimit(_echo, limit=1024, timeout_s=5, uploads={}, may_upload=lambda _: False,
+    async def never(_: object) -> bool:
+        return False
+
+    limit = BodyLimit(_echo, limit=1024, timeout_s=5, uploads={}, may_upload=never,
                       max_concurrent_uploads=1)
     scope = {"type": "http", "method": "POST", "path": "/v1/users",
              "headers": [(b"content-length", content_length.encode())]}

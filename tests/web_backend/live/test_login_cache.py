@@ -561,3 +561,22 @@ def test_a_login_ended_on_a_worker_cut_off_from_redis_is_refused_by_the_others(
             _until(lambda: not a.state.services.logins.enabled, "a counts its feed as lost")
     finally:
         proxy.close()
+
+
+def test_a_revoked_api_key_is_refused_by_every_worker(workers: Workers) -> None:
+    """Both workers trust the key from memory; a revocation on worker a reaches b through
+    the feed (how soon: bench/logout.py --keys)."""
+    with workers.running() as (first, second):
+        alice = Account(first, "alice")
+        made = alice.post("/v1/users/me/api-keys", json={"name": "bot"}).json()
+        job_id = workers.finished_job(alice)
+        url, key = f"/v1/jobs/{job_id}", {"Authorization": f"Bearer {made['key']}"}
+        for client in (first, second, second):
+            assert client.get(url, headers=key).status_code == 200
+        with _statements(workers.b) as sql:
+            assert second.get(url, headers=key).status_code == 200
+        assert sql == [], "a key checked before is trusted from memory"
+        assert alice.delete(f"/v1/users/me/api-keys/{made['id']}").status_code == 204
+        assert first.get(url, headers=key).status_code == 401
+        _until(lambda: second.get(url, headers=key).status_code == 401,
+               "the other worker hears the revocation", timeout=_LONG_LIFE_S / 20)

@@ -2,4 +2,4 @@
 function (accounts, jobs, queue) and returns; its one-line docstring is its OpenAPI
 summary. Nothing but :mod:`web_backend.app` imports these modules."""
 
-__all__ = ["admin", "auth", "jobs", "samples", "system", "users"]
+__all__ = ["admin", "auth", "jobs", "keys", "openai_compat", "samples", "system", "users"]

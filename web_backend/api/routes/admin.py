@@ -7,6 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Path, Query
 from sqlalchemy import select
 
+from web_backend.accounts import keys
 from web_backend.accounts import service as accounts
 from web_backend.accounts.schemas import LimitsUpdate, UserDetail
 from web_backend.api.deps import AdminUser, ServicesDep, SessionDep
@@ -39,8 +40,11 @@ def list_users(_: AdminUser, session: SessionDep, services: ServicesDep,
                offset: int = Query(0, ge=0, le=10**9), limit: int = Query(50, ge=1, le=500),
                ) -> list[UserDetail]:
     """Every account, by id."""
-    users = session.scalars(select(User).order_by(User.id).offset(offset).limit(limit))
-    return [accounts.user_detail(u, services.settings.limits) for u in users]
+    users = list(session.scalars(select(User).order_by(User.id).offset(offset).limit(limit)))
+    counts = keys.key_counts(session, [user.id for user in users])
+    session.commit()
+    return [accounts.user_detail(u, services.settings.limits, api_keys=counts.get(u.id, 0))
+            for u in users]
 
 
 @router.post("/users/{user_id}/disable", response_model=UserDetail,

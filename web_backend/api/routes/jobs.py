@@ -17,8 +17,8 @@ from fastapi.responses import StreamingResponse
 from ml_backend.text import line_safe_json
 from web_backend.api.deps import (
     AccessClaimsDep,
-    CurrentUser,
     JobId,
+    JobsReader,
     OwnedJob,
     ServicesDep,
     SessionDep,
@@ -27,6 +27,7 @@ from web_backend.api.deps import (
     check_live_login,
     job_by_token_or_link,
     owned_job,
+    require_scope,
 )
 from web_backend.api.openapi import EVENT_STREAM, JOB_SUBMISSION, PNG, refusals
 from web_backend.api.submission import Submission, check_webhook_url
@@ -63,6 +64,7 @@ async def submit(body: Submission, request: Request, claims: AccessClaimsDep,
     cache); the jobs are written by the next batch (``jobs.submit``), and the 202 is
     built from what that batch read.
     """
+    require_scope(claims, "jobs:write")
     await check_live_login(services, claims)
     counted = False
     if body.webhook_url is not None:  # a name lookup only for a caller known and counted
@@ -71,7 +73,8 @@ async def submit(body: Submission, request: Request, claims: AccessClaimsDep,
         await check_webhook_url(services, body.webhook_url, owner=user.id)
         counted = True
     admitted = await services.submissions.submit(claims.user_id, body, idempotency_key,
-                                                 counted=counted)
+                                                 counted=counted, key_id=claims.key_id,
+                                                 key_per_minute=claims.per_minute)
     batch = admitted.ids if len(admitted.ids) > 1 else None
     headers = {"Idempotent-Replayed": "true"} if admitted.replayed else {}
     if isinstance(admitted.first, Job):  # an earlier job, as it is now (it may have moved on)
@@ -101,7 +104,7 @@ def _view(services: Services, job: Job, batch: list[str] | None) -> JobOut:
 
 @router.get("", name="list", response_model=JobPage, responses=refusals(400, 401, 403))
 def list_jobs(
-    user: CurrentUser, session: SessionDep, services: ServicesDep,
+    user: JobsReader, session: SessionDep, services: ServicesDep,
     status: Annotated[JobStatus | None, Query(description="Only jobs in this status.")] = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     cursor: Annotated[str | None, Query(max_length=200)] = None,
@@ -113,6 +116,7 @@ def list_jobs(
 @router.get("/{job_id}", name="get", response_model=JobOut, responses=refusals(401, 403, 404))
 async def get_job(job_id: JobId, claims: AccessClaimsDep, services: ServicesDep) -> Response:
     """A job's status, progress, timings, error and signed links."""
+    require_scope(claims, "jobs:read")
     body = _kept_job_json(services, claims, job_id)
     if body is None:
         body = await run_in_threadpool(_job_json, services, claims, job_id)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
+from web_backend.accounts import keys
 from web_backend.accounts import service as accounts
 from web_backend.accounts.schemas import PasswordChange, UserDetail
 from web_backend.api.deps import CurrentLogin, CurrentUser, ServicesDep, SessionDep
@@ -16,9 +17,11 @@ router = APIRouter(tags=["users"])
 
 
 @router.get("/v1/users/me", response_model=UserDetail, responses=refusals(401, 403))
-def me(user: CurrentUser, services: ServicesDep) -> UserDetail:
+def me(user: CurrentUser, services: ServicesDep, session: SessionDep) -> UserDetail:
     """Your account and its limits."""
-    return accounts.user_detail(user, services.settings.limits)
+    count = keys.key_counts(session, [user.id]).get(user.id, 0)
+    session.commit()
+    return accounts.user_detail(user, services.settings.limits, api_keys=count)
 
 
 @router.put("/v1/users/me/password", status_code=204,
