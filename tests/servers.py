@@ -38,14 +38,17 @@ def wait_ready(base: str, proc: subprocess.Popen, *, path: str = "/readyz",
     raise AssertionError(f"server at {base} did not become ready")
 
 
-def start_serve(data_dir: Path, port: int, generator: str = "in-process") -> subprocess.Popen:
+def start_serve(data_dir: Path, port: int, generator: str = "in-process",
+                **settings: str) -> subprocess.Popen:
     """``clipgan serve`` in its own session, as a terminal would run it.
 
     Tests about the web side use the in-process generator (starts in ~6 s); the
-    tests of what ``make run`` does use the default private local Ray.
+    tests of what ``make run`` does use the default private local Ray. ``settings``:
+    ``CLIPGAN_*`` variables, without the prefix.
     """
     env = {k: v for k, v in os.environ.items() if not k.startswith("CLIPGAN_")}
-    env.update(CLIPGAN_DATA_DIR=str(data_dir), RAY_USAGE_STATS_ENABLED="0")
+    env.update(CLIPGAN_DATA_DIR=str(data_dir), RAY_USAGE_STATS_ENABLED="0",
+               **{f"CLIPGAN_{name.upper()}": value for name, value in settings.items()})
     proc = subprocess.Popen([sys.executable, "-m", "clipgan.cli", "serve", "--port", str(port),
                              "--generator", generator], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)

@@ -108,15 +108,20 @@ def test_make_run_serves_on_local_ray_and_keeps_everything_across_restarts(
         stop_serve(proc)
 
 
-def test_client_commands_and_the_example_bot(tmp_path: Path) -> None:
+def test_client_commands_and_the_example_bot_outlive_access_tokens(tmp_path: Path) -> None:
+    """Access tokens live 2 s here: the bot, on an API key, answers every prompt sent over
+    several token lifetimes, and a client signed in with a password keeps refreshing."""
+    from clipgan.client import ClipganClient
+
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    proc = start_serve(tmp_path, port)
+    proc = start_serve(tmp_path, port, access_token_ttl_s="2")
     try:
         httpx.post(f"{base}/v1/users", json={"username": "bot", "email": "bot@x.io",
                                              "password": "password123"}).raise_for_status()
         env = {**os.environ, "CLIPGAN_URL": base, "CLIPGAN_USERNAME": "bot",
                "CLIPGAN_PASSWORD": "password123", "BOT_OUTPUT": str(tmp_path / "bot")}
+        env.pop("CLIPGAN_API_KEY", None)
         out = tmp_path / "girl.png"
         done = subprocess.run([sys.executable, "-m", "clipgan.cli", "client", "generate",
                                "blue hair", "--steps", "3", "--seed", "5", "-o", str(out)],
@@ -127,14 +132,36 @@ def test_client_commands_and_the_example_bot(tmp_path: Path) -> None:
                               "--steps", "0"], capture_output=True, text=True, env=env,
                              timeout=60)
         assert bad.returncode == 2 and "422" in bad.stderr and "Traceback" not in bad.stderr
+        made = subprocess.run([sys.executable, "-m", "clipgan.cli", "keys", "create", "bot"],
+                              capture_output=True, text=True, env=env, timeout=60)
+        assert made.returncode == 0, made.stderr
+        key = made.stdout.strip()
+        bot_env = {**env, "CLIPGAN_API_KEY": key, "CLIPGAN_PASSWORD": "not needed"}
+        bot = subprocess.Popen([sys.executable, "examples/chat_bot.py"], stdin=subprocess.PIPE,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env=bot_env, cwd=Path(__file__).resolve().parents[2])
+        assert bot.stdin is not None
         # a chat message with a LINE SEPARATOR once ended the bot (its client split the
         # event stream there)
-        bot = subprocess.run([sys.executable, "examples/chat_bot.py"], input=(
-            "!anime cat\u2028ears\n!sample Asuka\n"), capture_output=True, text=True, env=env,
-            timeout=180, cwd=Path(__file__).resolve().parents[2])
-        assert bot.returncode == 0, bot.stderr
-        lines = bot.stdout.strip().split("\n")
+        for line in ("!anime cat\u2028ears", "!sample Asuka", "!anime smile", "!anime hat"):
+            bot.stdin.write(line + "\n")
+            bot.stdin.flush()
+            time.sleep(2.5)  # more than a token's lifetime between prompts
+        stdout, stderr = bot.communicate(timeout=180)
+        assert bot.returncode == 0, stderr
+        lines = stdout.strip().split("\n")
+        assert len(lines) == 4 and not [line for line in lines if line.startswith("sorry")], \
+            stdout
         assert lines[0].startswith("'cat\u2028ears' (seed ")
         assert lines[1].startswith("here is Asuka")
+        client = ClipganClient(base)  # a password, refreshed as tokens end
+        client.sign_in("bot", "password123")
+        for _ in range(3):
+            assert client.submit({"prompt": "smile", "steps": 1})["status"] == "queued"
+            time.sleep(2.2)
+        listed = subprocess.run([sys.executable, "-m", "clipgan.cli", "keys", "list"],
+                                capture_output=True, text=True, env=env, timeout=60)
+        assert listed.returncode == 0 and key not in listed.stdout
+        assert '"name": "bot"' in listed.stdout
     finally:
         stop_serve(proc)

@@ -36,14 +36,14 @@ _OPENAI_TYPES = {400: "invalid_request_error", 401: "authentication_error",
                  422: "invalid_request_error", 429: "rate_limit_error"}
 
 
-def openai_error(status: int, detail: Any, *, code: str | None = None) -> dict[str, Any]:
+def openai_error(status: int, detail: Any, *, code: str | None = None,
+                 param: str | None = None) -> dict[str, Any]:
     """A refusal in the OpenAI API's shape (what its SDKs and clients read):
     ``{"error": {"message", "type", "param", "code"}}``."""
-    param = None
     if isinstance(detail, list):  # field errors: the first names the parameter
         first = detail[0] if detail else {}
         loc = [part for part in first.get("loc", []) if part != "body"]
-        param = str(loc[0]) if loc else None
+        param = param or (str(loc[0]) if loc else None)
         message = "; ".join(f"{'.'.join(str(p) for p in e.get('loc', []) if p != 'body')}: "
                             f"{e.get('msg', '')}" for e in detail)
     else:
@@ -54,19 +54,19 @@ def openai_error(status: int, detail: Any, *, code: str | None = None) -> dict[s
 
 
 def install_error_handlers(app: FastAPI) -> None:
-    def respond(request: Request, status: int, detail: Any,
-                headers: dict[str, str] | None, code: str | None = None) -> JSONResponse:
+    def respond(request: Request, status: int, detail: Any, headers: dict[str, str] | None,
+                code: str | None = None, param: str | None = None) -> JSONResponse:
         if status == 429:
             request.app.state.services.metrics.rate_limited.labels(
                 limit=request.url.path).inc()
         if request.url.path.startswith(OPENAI_PREFIX):
-            return JSONResponse(openai_error(status, detail, code=code), status_code=status,
-                                headers=headers)
+            return JSONResponse(openai_error(status, detail, code=code, param=param),
+                                status_code=status, headers=headers)
         return JSONResponse({"detail": detail}, status_code=status, headers=headers)
 
     @app.exception_handler(ServiceError)
     async def _refused(request: Request, exc: ServiceError) -> JSONResponse:
-        return respond(request, exc.status_code, exc.detail, exc.headers, exc.code)
+        return respond(request, exc.status_code, exc.detail, exc.headers, exc.code, exc.param)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -18,14 +18,14 @@ class ServiceError(Exception):
     """A refusal with the status and the sentence a client needs to fix its request."""
 
     status_code: ClassVar[int] = 400
-    code: str | None = None  # a stable machine-readable name, where one helps (OpenAI's shape)
 
     def __init__(self, detail: Any, *, headers: dict[str, str] | None = None,
-                 code: str | None = None) -> None:
+                 code: str | None = None, param: str | None = None) -> None:
         super().__init__(detail if isinstance(detail, str) else repr(detail))
         self.detail = detail
         self.headers = headers
-        self.code = code
+        self.code = code     # a stable machine-readable name, where one helps (OpenAI's shape)
+        self.param = param   # the request field at fault, where there is one
 
 
 class BadRequest(ServiceError):

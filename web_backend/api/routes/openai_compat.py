@@ -101,7 +101,7 @@ def _upscale(size: str | None, model: str, models: dict[str, Any]) -> int:
         if size == allowed:
             return factor
     raise BadRequest(f"size {size!r} is not one this model makes; use 'auto' or one of "
-                     f"{', '.join(sizes)}", code="unsupported_size")
+                     f"{', '.join(sizes)}", code="unsupported_size", param="size")
 
 
 async def _job_request(services: Services, body: ImageGenerationRequest) -> JobRequest:
@@ -109,11 +109,12 @@ async def _job_request(services: Services, body: ImageGenerationRequest) -> JobR
     model = body.model or "default"
     if body.model and body.model not in models:
         raise BadRequest(f"unknown model {body.model!r}; GET /openai/v1/models lists "
-                         f"{', '.join(models) or 'none right now'}", code="model_not_found")
+                         f"{', '.join(models) or 'none right now'}", code="model_not_found",
+                         param="model")
     n = body.n or 1
     if n > services.settings.openai.max_n:
         raise BadRequest(f"n is at most {services.settings.openai.max_n} here",
-                         code="invalid_n")
+                         code="invalid_n", param="n")
     fields: dict[str, Any] = {"prompt": body.prompt, "model": model, "n": n,
                               "upscale": _upscale(body.size, model, models),
                               "seed": body.seed, "psi": body.creativity,
@@ -171,8 +172,9 @@ async def _finished(services: Services, job_ids: list[str], deadline: float) -> 
                         f"the pictures were not ready within "
                         f"{services.settings.openai.wait_s:g} s; they are still being made "
                         f"(jobs {', '.join(job_ids)}: GET /v1/jobs/{{id}}). Sending the same "
-                        "request again waits for them.", headers={"Retry-After": "30"},
-                        code="timeout")
+                        "request again waits for them.",
+                        # at once: the retry itself waits (for the same jobs)
+                        headers={"Retry-After": "1"}, code="timeout")
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(watch.changed.wait(), left)
                 view = watch.view
