@@ -113,6 +113,19 @@ def test_api_walkthrough_then_the_client(newcomer_dir: Path, running_server: str
     run_shell(_on_port(client, port), newcomer_dir, CLIPGAN_PASSWORD=PASSWORD)
     assert is_png(newcomer_dir / "out.png") and is_png(newcomer_dir / "asuka.png")
 
+    (keys,) = readme_blocks("Keys for programs", "sh")
+    done = run_shell(_on_port(keys, port) + '\necho "KEY=$KEY"', newcomer_dir,
+                     CLIPGAN_PASSWORD=PASSWORD)
+    key = done.stdout.rsplit("KEY=", 1)[1].strip()
+    assert key.startswith("cgk_") and is_png(newcomer_dir / "rei.png")
+    assert '"name": "chat bot"' in done.stdout and key not in done.stdout.split("KEY=")[0]
+    (openai_example,) = readme_blocks("Use clipgan from OpenAI clients", "python")
+    done = subprocess.run([sys.executable, "-c", _on_port(openai_example, port)],
+                          cwd=newcomer_dir, env=_env(CLIPGAN_API_KEY=key),
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert is_png(newcomer_dir / "openai.png") and "default" in done.stdout
+
 
 def test_generated_client_example(newcomer_dir: Path, running_server: str) -> None:
     port = running_server

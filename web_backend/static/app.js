@@ -176,19 +176,47 @@ async function submit(requestJson, file) {
   follow(await api("/v1/jobs", options));
 }
 
+function keyRow(key) {
+  const node = $("#key-row").content.firstElementChild.cloneNode(true);
+  node.querySelector(".key-name").textContent = key.name;
+  node.querySelector(".key-prefix").textContent = `${key.prefix}…`;
+  const parts = [key.scopes.includes("jobs:write") ? "read and write" : "read only"];
+  parts.push(key.expires_at ? `expires ${new Date(key.expires_at).toLocaleDateString()}` : "never expires");
+  parts.push(key.last_used_at ? `last used ${new Date(key.last_used_at).toLocaleString()}` : "never used");
+  node.querySelector(".details").textContent = parts.join(" · ");
+  const revoke = node.querySelector(".revoke");
+  revoke.setAttribute("aria-label", `Revoke key ${key.name}`);
+  revoke.onclick = async () => {
+    if (!confirm(`Revoke the key “${key.name}”? Programs using it stop at once.`)) return;
+    try { await api(`/v1/users/me/api-keys/${key.id}`, { method: "DELETE" }); say(`Key “${key.name}” revoked.`, true); listKeys(); }
+    catch (e) { say(e.message); }
+  };
+  return node;
+}
+
+async function listKeys() {
+  try {
+    const keys = await api("/v1/users/me/api-keys");
+    $("#keys").replaceChildren(...keys.map(keyRow));
+  } catch (e) { say(e.message); }
+}
+
 async function show() {
   const signedIn = Boolean(store.access);
   $("#auth").hidden = signedIn;
   $("#studio").hidden = !signedIn;
   $("#logout").hidden = !signedIn;
   $("#who").hidden = !signedIn;
-  if (!signedIn) return;
+  $("#new-key").hidden = true;  // a key is shown once, never again after a reload or sign-out
+  $("#new-key-value").value = "";
+  if (!signedIn) { $("#keys").textContent = ""; return; }
   try {
     const me = await api("/v1/users/me");
     $("#who").textContent = me.username;
     const page = await api("/v1/jobs?limit=24");
     $("#jobs").textContent = "";
     page.items.reverse().forEach(follow);
+    listKeys();
   } catch (e) { say(e.message); }
   try {
     const models = (await api("/v1/models")).models;
@@ -236,6 +264,25 @@ $("#copy-link").onclick = async () => {
   const link = $("#share-link");
   try { await navigator.clipboard.writeText(link.value); say("Share link copied.", true); }
   catch (e) { link.select(); say("Copy the selected link (the browser did not allow copying)."); }
+};
+$("#key-form").onsubmit = async (event) => {
+  event.preventDefault();
+  const f = event.target;
+  const body = { name: f.name.value, scopes: f.read_only.checked ? ["jobs:read"] : ["jobs:read", "jobs:write"] };
+  if (f.expires.value) body.expires_in_days = Number(f.expires.value);
+  try {
+    const created = await api("/v1/users/me/api-keys", { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) });
+    $("#new-key-value").value = created.key;
+    $("#new-key").hidden = false;
+    f.name.value = "";
+    say(`Key “${created.name}” created: copy it now.`, true);
+    listKeys();
+  } catch (e) { say(e.message); }
+};
+$("#copy-key").onclick = async () => {
+  const field = $("#new-key-value");
+  try { await navigator.clipboard.writeText(field.value); say("Key copied.", true); }
+  catch (e) { field.select(); say("Copy the selected key (the browser did not allow copying)."); }
 };
 $("#close-viewer").onclick = () => $("#viewer").close();
 $("input[name=psi]").oninput = (event) => { $("#psi-value").textContent = Number(event.target.value).toFixed(2); };

@@ -1,8 +1,9 @@
 """The web page in real headless Chromium, walked as a person would, checked with axe-core.
 
 first page (only sign-in visible) → register → a character by name → generate with
-upscale 2 → open it large → its share link works signed out → sign out. Uses Debian's
-chromium through Playwright (no browser download). Saves the screenshots the README
+upscale 2 → open it large → its share link works signed out → an API key made, copied,
+used and revoked → sign out. Uses Debian's chromium through Playwright (no browser
+download). Saves the screenshots the README
 shows into docs/screenshots/ when ``CLIPGAN_SCREENSHOTS=1`` (``make screenshots``), and
 into the test's own folder otherwise, so a test run leaves the checkout as it was.
 """
@@ -151,6 +152,31 @@ def test_a_visit_from_first_page_to_sign_out(tmp_path: Path) -> None:
             page.reload()
             expect(page.locator(".job img.result").first).to_be_visible()
             page.screenshot(path=str(shots / "phone.png"), full_page=True)
+
+            # a key for a program: shown once, copied, works, revoked from the list
+            page.locator("#account summary").click()
+            keys = page.locator("#key-form")
+            keys.get_by_label("Key name").fill("my <b>bot</b>")
+            keys.get_by_role("button", name="Create key").click()
+            expect(page.locator("#new-key")).to_be_visible()
+            keys.get_by_role("button", name="Copy key").click()
+            expect(page.locator("#message")).to_have_text("Key copied.")
+            key = page.evaluate("navigator.clipboard.readText()")
+            assert key.startswith("cgk_") and key == page.locator("#new-key-value").input_value()
+            row = page.locator("#keys li")
+            expect(row).to_have_count(1)
+            expect(row.locator(".key-name")).to_have_text("my <b>bot</b>")  # text, not markup
+            expect(row).to_contain_text("read and write")
+            expect(row).to_contain_text("expires")
+            _accessible(page, "API keys")
+            with_key = {"Authorization": f"Bearer {key}"}
+            assert context.request.get(f"{base}/v1/jobs", headers=with_key).status == 200
+            page.once("dialog", lambda dialog: dialog.accept())
+            row.get_by_role("button", name="Revoke key my <b>bot</b>").click()
+            expect(page.locator("#keys li")).to_have_count(0)
+            assert context.request.get(f"{base}/v1/jobs", headers=with_key).status == 401
+            page.reload()
+            expect(page.locator("#new-key-value")).to_have_value("")  # never shown again
 
             # sign out: back to the first page, and the old token no longer reads jobs
             token = page.evaluate("localStorage.getItem('clipgan.access')")
