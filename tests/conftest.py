@@ -8,7 +8,7 @@ import pytest
 
 from ml_backend.pipeline import Pipeline
 from ml_backend.settings import MLSettings
-from tests.servers import CLUSTER_SECRET, free_port
+from tests.servers import CLUSTER_SECRET, S3Server, free_port
 
 
 @pytest.fixture(scope="session")
@@ -57,3 +57,13 @@ def cluster(demo_data_dir: Path) -> Iterator[dict]:
     finally:
         serve.shutdown()
         ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[S3Server]:
+    """One emulated S3 server for the session; each test takes its own bucket."""
+    server = S3Server().start()
+    try:
+        yield server
+    finally:
+        server.stop()

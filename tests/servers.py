@@ -63,3 +63,60 @@ def stop_serve(proc: subprocess.Popen) -> str:
     assert proc.returncode == 0, out[-5000:]
     assert "Traceback" not in out, out
     return out
+
+
+class S3Server:
+    """moto's S3 server (an emulator of the S3 protocol over real HTTP, not AWS) in a
+    subprocess: what the tests of ``S3BlobStore`` and of several web nodes talk to."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> "S3Server":
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            try:
+                httpx.get(f"{self.endpoint}/moto-api/", timeout=1)
+                return self
+            except httpx.HTTPError:
+                if self.proc.poll() is not None:
+                    raise AssertionError("moto's S3 server exited during start") from None
+                time.sleep(0.2)
+        self.stop()
+        raise AssertionError("moto's S3 server did not start")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+
+    def pause(self) -> None:
+        """The server stops answering (its connections stay open): a hung store."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGCONT)
+
+    def new_bucket(self) -> str:
+        """A fresh, empty bucket; returns its name."""
+        name = f"clipgan-{secrets.token_hex(6)}"
+        response = httpx.put(f"{self.endpoint}/{name}", timeout=10)
+        assert response.status_code == 200, response.text
+        return name
+
+    def env(self) -> dict[str, str]:
+        """The standard AWS variables that point a client (and ``clipgan web``) here."""
+        return {"AWS_ENDPOINT_URL": self.endpoint, "AWS_REGION": "us-east-1",
+                "AWS_ACCESS_KEY_ID": "clipgan-test", "AWS_SECRET_ACCESS_KEY": "clipgan-test"}
+
+    def config(self) -> dict[str, str]:
+        """The same as ``S3BlobStore`` keyword settings."""
+        return {"endpoint": self.endpoint, "region": "us-east-1",
+                "access_key_id": "clipgan-test", "secret_access_key": "clipgan-test"}

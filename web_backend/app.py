@@ -45,10 +45,10 @@ from web_backend.core.metrics import Metrics
 from web_backend.core.ratelimit import RateLimiter
 from web_backend.core.security import VerifiedTokens
 from web_backend.core.settings import WebSettings
-from web_backend.core.storage import LocalBlobStore
 from web_backend.jobs.dispatcher import Dispatcher
 from web_backend.jobs.eta import Throughput
 from web_backend.jobs.ml_client import MLClient, NoMLClient, ml_client_from_settings
+from web_backend.jobs.retention import RetentionSweeper
 from web_backend.jobs.submit import Submissions
 from web_backend.jobs.views import JobViewer, job_columns
 from web_backend.live.feed import JobFeed, JobView, Visible, visible_state
@@ -70,6 +70,8 @@ from web_backend.live.streams import StreamGate
 from web_backend.samples.cache import SampleCache
 from web_backend.samples.onnx import OnnxSampler
 from web_backend.services import Services
+from web_backend.storage.keeper import BlobKeeper
+from web_backend.storage.stores import open_store
 from web_backend.webhooks.sender import WebhookSender
 from web_backend.webhooks.targets import Resolver
 
@@ -100,20 +102,23 @@ def build_services(settings: WebSettings, ml_client: MLClient | None = None) -> 
         on_logins.append(publish_users(publisher.publish))
     for factory in (session_factory, write_session_factory):
         announce_commits(factory, jobs=on_jobs, logins=on_logins)
-    storage = LocalBlobStore(settings.data.dir / "blobs")
+    blobs = BlobKeeper(store=open_store(settings.data.storage_url,
+                                        default_root=settings.data.dir / "blobs",
+                                        timeout_s=settings.data.storage_timeout_s),
+                       sessions=write_session_factory)
     limiter = RateLimiter(settings.data.redis_url)
     throughput = Throughput(capacity=settings.ml.slots,
                             default_job_s=settings.ml.default_job_seconds)
     services = Services(
         settings=settings, engine=engine, session_factory=session_factory,
         metrics=Metrics(session_factory), write_session_factory=write_session_factory,
-        signing_key=signing_key, limiter=limiter, storage=storage,
+        signing_key=signing_key, limiter=limiter, blobs=blobs,
         ml=ml_client if ml_client is not None else ml_client_from_settings(settings.ml),
         throughput=throughput,
         job_viewer=JobViewer(signing_key=signing_key, link_ttl_s=settings.auth.signed_url_ttl_s,
                              throughput=throughput),
         submissions=Submissions(sessions=write_session_factory, limiter=limiter,
-                                defaults=settings.limits, storage=storage,
+                                defaults=settings.limits, blobs=blobs,
                                 throughput=throughput),
         streams=StreamGate(per_user=settings.http.max_streams_per_user,
                            total=settings.http.max_streams),
@@ -172,7 +177,7 @@ def _job_feed(services: Services, kind: FeedKind, publisher: RedisPublisher | No
 def make_dispatcher(services: Services, ml: MLClient | None = None, *,
                     capacity: int | None = None) -> Dispatcher:
     """A dispatcher for ``services``' database and storage (``ml``: default theirs)."""
-    return Dispatcher(sessions=services.write_session_factory, storage=services.storage,
+    return Dispatcher(sessions=services.write_session_factory, blobs=services.blobs,
                       ml=services.ml if ml is None else ml, settings=services.settings.dispatch,
                       throughput=services.throughput, metrics=services.metrics,
                       capacity=capacity)
@@ -191,7 +196,8 @@ def make_webhook_sender(services: Services, *,
 
 def _background(app: FastAPI, services: Services) -> list[Background]:
     """What runs beside the API, in start order: the feed first (streams and caches
-    need it), the dispatcher when there is an ML side, the webhook sender unless off."""
+    need it), the dispatcher when there is an ML side, the webhook sender unless off,
+    the retention sweeper (one process at a time works, by a lease)."""
     settings = services.settings
     workers = [Background("job feed", services.feed, "event streams and caches will not "
                           "see changes until this process restarts"),
@@ -205,6 +211,12 @@ def _background(app: FastAPI, services: Services) -> list[Background]:
         app.state.webhook_sender = make_webhook_sender(services)
         workers.append(Background("webhook sender", app.state.webhook_sender,
                                   "webhooks wait until this process restarts"))
+    app.state.retention = RetentionSweeper(sessions=services.write_session_factory,
+                                           blobs=services.blobs,
+                                           days=settings.data.result_retention_days,
+                                           every_s=settings.data.retention_interval_s)
+    workers.append(Background("retention sweeper", app.state.retention, "expired pictures "
+                              "stay until a process whose sweeper runs takes the lease"))
     return workers
 
 

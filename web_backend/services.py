@@ -16,7 +16,6 @@ from web_backend.core.metrics import Metrics
 from web_backend.core.ratelimit import RateLimiter
 from web_backend.core.security import VerifiedTokens
 from web_backend.core.settings import WebSettings
-from web_backend.core.storage import BlobStore
 from web_backend.jobs.eta import Throughput
 from web_backend.jobs.ml_client import MLClient
 from web_backend.jobs.submit import Submissions
@@ -27,6 +26,7 @@ from web_backend.live.login_cache import LoginCache
 from web_backend.live.streams import StreamGate
 from web_backend.samples.cache import SampleCache
 from web_backend.samples.onnx import OnnxSampler
+from web_backend.storage.keeper import BlobKeeper
 from web_backend.webhooks.targets import Resolver
 
 __all__ = ["Services"]
@@ -40,7 +40,7 @@ class Services:
     write_session_factory: sessionmaker[Session]  # changes (IMMEDIATE on SQLite)
     signing_key: bytes
     limiter: RateLimiter
-    storage: BlobStore
+    blobs: BlobKeeper                             # pictures: the store and who refers to what
     ml: MLClient
     metrics: Metrics
     throughput: Throughput                        # jobs the ML side runs at once, job time

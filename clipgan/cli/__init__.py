@@ -2,9 +2,9 @@
 
 One module per command family: :mod:`~clipgan.cli.models` (checkpoints),
 :mod:`~clipgan.cli.local` (pictures in this process), :mod:`~clipgan.cli.server`
-(serve, web, dispatcher), :mod:`~clipgan.cli.admin` (database, users) and
-:mod:`~clipgan.cli.remote` (a client of a running server), :mod:`~clipgan.cli.keys`
-(API keys).
+(serve, web, dispatcher), :mod:`~clipgan.cli.admin` (database, users),
+:mod:`~clipgan.cli.storage` (the picture store) and :mod:`~clipgan.cli.remote` (a client
+of a running server), :mod:`~clipgan.cli.keys` (API keys).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Annotated
 
 import typer
 
-from clipgan.cli import admin, keys, local, models, remote, server
+from clipgan.cli import admin, keys, local, models, remote, server, storage
 
 __all__ = ["app"]
 
@@ -34,5 +34,5 @@ def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug lo
         logging.getLogger("alembic").setLevel(logging.WARNING)
 
 
-for family in (models, local, server, admin, remote, keys):
+for family in (models, local, server, admin, remote, keys, storage):
     family.register(app)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 import time
 from collections.abc import Callable
@@ -169,3 +170,12 @@ class TricklingReceiver:
     def close(self) -> None:
         self._closing.set()
         self.sock.close()
+
+
+def stored(services: Any, owner: str, data: bytes) -> str:
+    """Store ``data`` for ``owner`` (a job id) as the dispatcher does (pinned, then put)."""
+    return asyncio.run(services.blobs.save(owner, data))
+
+
+def read_blob(services: Any, key: str) -> bytes:
+    return asyncio.run(services.blobs.get(key))

@@ -9,7 +9,8 @@ from pydantic import BaseModel, ConfigDict, EmailStr, Field, field_validator
 from ml_backend.text import plain_text
 from web_backend.core.schemas import UTCDatetime
 
-__all__ = ["USERNAME_PATTERN", "ApiKeyCreate", "ApiKeyCreated", "ApiKeyOut", "Limits",
+__all__ = ["USERNAME_PATTERN", "AccountDeletion", "ApiKeyCreate", "ApiKeyCreated", "ApiKeyOut",
+           "Limits",
            "LimitsUpdate", "PasswordChange", "RefreshRequest", "SignInForm", "TokenPair",
            "UserCreate", "UserDetail", "UserOut"]
 
@@ -46,6 +47,18 @@ class UserDetail(UserOut):
     limits: Limits
     api_keys: int | None = Field(None, description=(
         "How many API keys the account has (revoked ones not counted)."))
+    storage_bytes: int | None = Field(None, description=(
+        "Bytes of pictures, previews and image prompts the account's jobs keep (a picture "
+        "two of its jobs share counts once)."))
+
+
+class AccountDeletion(BaseModel):
+    """Deleting your account: your password confirms it."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"password": "correct horse"}]})
+
+    password: str = Field(min_length=1, max_length=1024)
 
 
 class LimitsUpdate(BaseModel):

@@ -8,7 +8,8 @@ A login is an :class:`~web_backend.core.models.AuthSession`; every access token 
 its session and the session is checked on every request, so revoking it (logout,
 password change, an administrator's disable, a replayed refresh token) acts at
 once on every worker. Each of those changes is announced (``logins_changed``) in its
-transaction, so the workers' login caches forget it at once too.
+transaction, so the workers' login caches forget it at once too; so is deleting an
+account (``mark_deleted``), which takes everything of theirs with it.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import secrets
 from datetime import timedelta
 from typing import Protocol
 
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from web_backend.accounts.schemas import (
@@ -29,7 +30,7 @@ from web_backend.accounts.schemas import (
     UserDetail,
     UserOut,
 )
-from web_backend.core.changes import logins_changed
+from web_backend.core.changes import logins_changed, mark_deleted
 from web_backend.core.errors import Conflict, Forbidden, Unauthorized
 from web_backend.core.models import AuthSession, RefreshToken, User, UserUsage, utcnow
 from web_backend.core.ratelimit import RateLimiter
@@ -41,8 +42,10 @@ from web_backend.core.security import (
     verify_password,
 )
 from web_backend.core.settings import AuthSettings, LimitSettings
+from web_backend.storage import refs
 
-__all__ = ["change_password", "limits_for", "new_webhook_secret", "refresh", "register",
+__all__ = ["change_password", "delete_account", "limits_for", "new_webhook_secret", "refresh",
+           "register",
            "revoke_sessions", "set_active", "set_limits", "sign_in", "sign_out", "user_detail"]
 
 
@@ -67,9 +70,10 @@ def limits_for(user: LimitOverrides, defaults: LimitSettings) -> Limits:
 
 
 def user_detail(user: User, defaults: LimitSettings, *, api_keys: int | None = None,
-                ) -> UserDetail:
+                storage_bytes: int | None = None) -> UserDetail:
     return UserDetail(**UserOut.model_validate(user).model_dump(),
-                      limits=limits_for(user, defaults), api_keys=api_keys)
+                      limits=limits_for(user, defaults), api_keys=api_keys,
+                      storage_bytes=storage_bytes)
 
 
 def register(session: Session, body: UserCreate, *, is_admin: bool = False) -> User:
@@ -224,3 +228,39 @@ def new_webhook_secret(session: Session, *, user: User) -> str:
     user.webhook_secret = secret
     session.commit()
     return secret
+
+
+def delete_account(session: Session, *, user: User, by: User | None = None,
+                   password: str | None = None, limiter: RateLimiter | None = None,
+                   attempts_per_hour: int = 5) -> list[str]:
+    """Delete ``user`` with everything of theirs, and commit: jobs (running ones stop at
+    their dispatcher's next write), their webhook deliveries, logins and refresh tokens,
+    API keys, the webhook secret, usage counters. Every process stops trusting their
+    logins at once (``mark_deleted``). Returns the blob keys their jobs let go of (the
+    caller collects them: a picture another account's job shares stays).
+
+    By the user themselves, ``password`` confirms it (attempts limited, like password
+    changes); by an administrator ``by``, not for their own account.
+    """
+    if by is not None and by.id == user.id:
+        raise Conflict("delete your own account with DELETE /v1/users/me")
+    if by is None:
+        if limiter is not None:
+            attempt = limiter.hit("account-delete", str(user.id), limit=attempts_per_hour,
+                                  per="hour")
+            if not attempt.allowed:
+                raise attempt.refusal(f"too many attempts; try again in "
+                                      f"{attempt.reset_after_s} s")
+        if password is None or not verify_password(password, user.password_hash):
+            raise Forbidden("password is wrong")
+    if user.is_admin and user.is_active:
+        admins = session.scalar(select(func.count()).select_from(User).where(
+            User.is_admin.is_(True), User.is_active.is_(True))) or 0
+        if admins <= 1:
+            raise Conflict("this is the only administrator: make another one first")
+    released = refs.release_jobs_of(session, user.id)
+    mark_deleted(session, users=[user.id])
+    # the database cascades (jobs, deliveries, logins, tokens, keys, usage): one statement
+    session.execute(delete(User).where(User.id == user.id))
+    session.commit()
+    return released

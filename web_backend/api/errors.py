@@ -17,6 +17,7 @@ from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 
 from web_backend.core.errors import ServiceError
+from web_backend.storage.blobs import StoreUnavailable
 
 __all__ = ["OPENAI_PREFIX", "install_error_handlers", "openai_error", "validation_detail"]
 
@@ -83,6 +84,13 @@ def install_error_handlers(app: FastAPI) -> None:
                     type(exc).__name__)
         return respond(request, 503, "the database is busy or unreachable; retry shortly",
                        {"Retry-After": "2"})
+
+    @app.exception_handler(StoreUnavailable)
+    async def _store_down(request: Request, exc: StoreUnavailable) -> JSONResponse:
+        log.warning("picture store unavailable on %s %s: %s", request.method, request.url.path,
+                    exc)
+        return respond(request, 503, "the picture store is unavailable; retry shortly",
+                       {"Retry-After": str(exc.retry_after_s)})
 
     @app.exception_handler(ClientDisconnect)
     async def _gone(_: Request, __: ClientDisconnect) -> Response:

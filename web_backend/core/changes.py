@@ -12,14 +12,18 @@ code never needs to know who listens.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
+from datetime import timedelta
 from typing import Any, Final
 
-from sqlalchemy import event, update
+from sqlalchemy import delete, event, insert, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from web_backend.core.models import Job, User, utcnow
+from web_backend.core.models import Deletion, Job, User, utcnow
 
-__all__ = ["JobsHeard", "LoginsHeard", "announce_commits", "logins_changed", "mark_changed"]
+__all__ = ["DELETIONS_KEPT", "JobsHeard", "LoginsHeard", "announce_commits", "logins_changed",
+           "mark_changed", "mark_deleted"]
+
+DELETIONS_KEPT = timedelta(hours=1)  # far longer than any poller's overlap
 
 _JOBS: Final = "clipgan_changed_jobs"
 _LOGINS: Final = "clipgan_changed_logins"
@@ -43,6 +47,26 @@ def logins_changed(session: Session, user_ids: Iterable[int]) -> None:
         return
     session.execute(update(User).where(User.id.in_(ids)).values(logins_changed_at=utcnow()))
     session.info.setdefault(_LOGINS, set()).update(ids)
+
+
+def mark_deleted(session: Session, *, jobs: Iterable[str] = (),
+                 users: Iterable[int] = ()) -> None:
+    """This transaction deletes these jobs, or these users with everything of theirs.
+    Announced like changes (a view that is re-read finds nothing, a login that is
+    checked finds no account), and recorded in ``deletions`` for processes that poll
+    for changed rows: a deleted row shows no change. Records older than
+    ``DELETIONS_KEPT`` are dropped here, so the table stays small."""
+    job_ids, user_ids = list(jobs), list(users)
+    subjects = job_ids + [f"user:{user_id}" for user_id in user_ids]
+    if not subjects:
+        return
+    now = utcnow()
+    session.execute(delete(Deletion).where(Deletion.deleted_at < now - DELETIONS_KEPT))
+    session.execute(insert(Deletion), [{"subject": subject, "deleted_at": now}
+                                       for subject in subjects])
+    mark_changed(session, job_ids)
+    if user_ids:
+        logins_changed(session, user_ids)
 
 
 def announce_commits(factory: sessionmaker[Session], *,

@@ -9,7 +9,7 @@ from alembic.config import Config
 
 import migrations
 
-__all__ = ["alembic_config", "current", "downgrade", "upgrade"]
+__all__ = ["alembic_config", "current", "downgrade", "head", "upgrade"]
 
 
 def alembic_config(url: str) -> Config:
@@ -39,3 +39,10 @@ def current(url: str) -> str | None:
             return MigrationContext.configure(conn).get_current_revision()
     finally:
         engine.dispose()
+
+
+def head() -> str | None:
+    """The revision this code's migrations end at."""
+    from alembic.script import ScriptDirectory
+
+    return ScriptDirectory.from_config(alembic_config("sqlite://")).get_current_head()

@@ -34,8 +34,9 @@ NAMING_CONVENTION = {  # stable constraint names, so migrations can drop them on
     "pk": "pk_%(table_name)s",
 }
 
-__all__ = ["ApiKey", "AuthSession", "Base", "Counter", "DeliveryStatus", "Job", "JobStatus",
-           "RefreshToken", "User", "UserUsage", "WebhookDelivery", "utcnow"]
+__all__ = ["ApiKey", "AuthSession", "Base", "Blob", "BlobRef", "Counter", "Deletion",
+           "DeliveryStatus", "Job", "JobStatus", "Lease", "RefreshToken", "User", "UserUsage",
+           "WebhookDelivery", "utcnow"]
 
 
 class JobStatus(StrEnum):
@@ -148,6 +149,7 @@ class Job(Base):
         Index("ix_jobs_updated_at", "updated_at"),  # the SQLite change poller (live.sources)
         Index("ix_jobs_status_queue_seq", "status", "queue_seq"),  # the queue's head
         Index("ix_jobs_batch_id", "batch_id"),
+        Index("ix_jobs_finished_at", "finished_at"),  # the retention sweeper
     )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True,
@@ -244,3 +246,51 @@ class WebhookDelivery(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     delivered_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True),
                                                           nullable=True)
+
+
+class Blob(Base):
+    """A blob in the store (``web_backend.storage``), known to the database: its row is
+    what a writer and a deleter of the same content take turns on (migration 0009)."""
+
+    __tablename__ = "blobs"
+
+    key: Mapped[str] = mapped_column(String(80), primary_key=True)  # sha256 + suffix
+    size: Mapped[int | None] = mapped_column(BigInteger, nullable=True)  # NULL: not known
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class BlobRef(Base):
+    """``owner`` refers to blob ``key``: a job (its result, its latest preview, its image
+    prompt) or, for the moment between storing an upload and queueing its job,
+    ``upload:<uuid>``. A blob is deleted only when no row refers to it, and a row is
+    written before its blob, so a blob something needs is never deleted under it."""
+
+    __tablename__ = "blob_refs"
+    __table_args__ = (Index("ix_blob_refs_key", "key"),)
+
+    owner: Mapped[str] = mapped_column(String(48), primary_key=True)
+    key: Mapped[str] = mapped_column(ForeignKey("blobs.key"), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Deletion(Base):
+    """A job or a user (``user:<id>``) deleted: how change pollers, which read rows
+    changed since a time, hear of rows that are gone. Kept an hour."""
+
+    __tablename__ = "deletions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    subject: Mapped[str] = mapped_column(String(48))
+    deleted_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow,
+                                                 index=True)
+
+
+class Lease(Base):
+    """Work that one process at a time does (the retention sweeper): who holds it, until
+    when. A holder that dies lets it expire; another takes it over."""
+
+    __tablename__ = "leases"
+
+    name: Mapped[str] = mapped_column(String(32), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(64))
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

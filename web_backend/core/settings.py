@@ -60,6 +60,17 @@ class DataSettings(_Group):
         "directory."))
     redis_url: str | None = var("REDIS_URL", None, description=(
         "Redis shared by every web worker (rate limits); default: in-process memory."))
+    storage_url: str | None = var("STORAGE_URL", None, description=(
+        "Where pictures are kept: file:///path or s3://bucket/prefix (S3 endpoint, region "
+        "and credentials from the standard AWS variables). Default: the data directory's "
+        "blobs folder. Several web nodes need a store they all reach (s3://)."))
+    storage_timeout_s: float = var("STORAGE_TIMEOUT_S", 10.0, gt=0, le=300, description=(
+        "Deadline of one call to the picture store; past it, a download answers 503."))
+    result_retention_days: int | None = var("RESULT_RETENTION_DAYS", None, ge=1, description=(
+        "Finished jobs and their pictures are deleted this many days after they end; "
+        "unset: kept until their owner deletes them."))
+    retention_interval_s: float = var("RETENTION_INTERVAL_S", 300.0, gt=0, description=(
+        "How often the retention sweeper looks for expired jobs."))
     sqlite_synchronous: Literal["normal", "full"] = var("SQLITE_SYNCHRONOUS", "normal",
                                                         description=(
         "SQLite in WAL mode: 'normal' keeps every commit through a crash of the process "
@@ -68,6 +79,13 @@ class DataSettings(_Group):
     @property
     def resolved_database_url(self) -> str:
         return self.database_url or f"sqlite:///{(self.dir / 'clipgan.db').resolve()}"
+
+    @field_validator("storage_url")
+    @classmethod
+    def _known_store(cls, url: str | None) -> str | None:
+        if url is not None and not url.startswith(("file://", "s3://")):
+            raise ValueError("CLIPGAN_STORAGE_URL is file:///path or s3://bucket/prefix")
+        return url
 
 
 class AuthSettings(_Group):
@@ -219,6 +237,9 @@ class DispatchSettings(_Group):
         "A dispatcher that stops renewing loses its job after this long."))
     backoff_s: list[float] = var_list("RETRY_BACKOFF_S", lambda: [2.0, 10.0, 30.0], min_length=1,
                                       description="Waits before the 1st, 2nd... retry.")
+    store_wait_s: float = var("STORE_WAIT_S", 60.0, ge=0, le=3600, description=(
+        "How long a finished picture waits in memory for the picture store to come back "
+        "before its job is retried (never marked succeeded without it)."))
     progress_interval_s: float = var("PROGRESS_INTERVAL_S", 0.5, gt=0, description=(
         "At most one progress write per job this often (previews always written)."))
     heartbeat_s: float = var("HEARTBEAT_S", 1.0, gt=0, description=(

@@ -23,11 +23,12 @@ from sqlalchemy.orm import Session, sessionmaker
 from ml_backend.protocol import Failure, GenerationRequest, Progress, Result
 from web_backend.core.metrics import Metrics
 from web_backend.core.settings import DispatchSettings
-from web_backend.core.storage import BlobStore
 from web_backend.jobs import queue
 from web_backend.jobs.eta import Throughput
 from web_backend.jobs.ml_client import MLClient, MLUnavailable
 from web_backend.jobs.queue import Claim, JobStatus, LeaseLost
+from web_backend.storage.blobs import BlobMissing, StoreUnavailable
+from web_backend.storage.keeper import BlobKeeper
 
 __all__ = ["Dispatcher"]
 
@@ -36,6 +37,10 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 _CAPACITY_REFRESH_S = 30.0
+
+
+class _StoreDown(Exception):
+    """The blob store could not give a job its image prompt: wait, spend no attempt."""
 
 
 class Dispatcher:
@@ -47,7 +52,7 @@ class Dispatcher:
 
     def __init__(self, *,
                  sessions:   sessionmaker[Session],  # writing sessions (each transition)
-                 storage:    BlobStore,              # results, previews, image prompts
+                 blobs:      BlobKeeper,             # results, previews, image prompts
                  ml:         MLClient,               # the ML side
                  settings:   DispatchSettings,       # leases, attempts, time limits
                  throughput: Throughput,             # capacity, shared with the ETAs
@@ -56,7 +61,7 @@ class Dispatcher:
                  owner:      str | None = None,      # lease owner name
                  ) -> None:
         self.sessions = sessions
-        self.storage = storage
+        self.blobs = blobs
         self.ml = ml
         self.settings = settings
         self.throughput = throughput
@@ -144,6 +149,11 @@ class Dispatcher:
             await self._settle(claim, await self._attempt(claim))
         except LeaseLost:
             log.warning("job %s: lease lost to another dispatcher; dropping it", claim.job_id)
+        except _StoreDown as exc:
+            log.warning("job %s: %s; waiting for the store", claim.job_id, exc)
+            with contextlib.suppress(LeaseLost):
+                await self._write(queue.requeue, claim, reason="waiting for the picture store",
+                                  delay_s=self.settings.backoff_s[0], count_attempt=False)
         except asyncio.CancelledError:  # this dispatcher is shutting down: hand the job back
             with contextlib.suppress(LeaseLost, Exception):
                 await self._write(queue.requeue, claim, reason="restarted", delay_s=0.0,
@@ -157,8 +167,13 @@ class Dispatcher:
 
     async def _attempt(self, claim: Claim) -> Result | Failure:
         try:
-            image = (self.storage.get(claim.image_prompt_key)
+            image = (await self.blobs.get(claim.image_prompt_key)
                      if claim.image_prompt_key else None)
+        except StoreUnavailable as exc:
+            raise _StoreDown(str(exc)) from None
+        except BlobMissing:
+            return Failure(code="invalid_request", message="the image prompt is gone")
+        try:
             fields = {k: v for k, v in claim.request.items() if k != "image_prompt_sha256"}
             request = GenerationRequest.model_validate({**fields, "image_prompt": image})
         except Exception as exc:  # a stored request that no longer validates
@@ -191,12 +206,17 @@ class Dispatcher:
                 continue
             preview_key = None
             if message.preview_png is not None:
-                preview_key = await asyncio.to_thread(self.storage.put,
-                                                      message.preview_png)
+                try:
+                    preview_key = await self.blobs.save(claim.job_id, message.preview_png)
+                except StoreUnavailable as exc:  # a preview is not worth waiting for
+                    log.warning("job %s: preview not stored: %s", claim.job_id, exc)
+            released: list[str] = []
             if await self._write(queue.renew, claim, lease_s=self.settings.lease_s,
                                  progress_step=message.step, progress_total=message.total,
-                                 score=message.score, preview_key=preview_key):
+                                 score=message.score, preview_key=preview_key,
+                                 released=released):
                 return Failure(code="cancelled", message="cancelled by the user")
+            await self._collect(released)  # the preview this one replaces
             last_write = time.monotonic()
         return Failure(code="unavailable", message="the image service ended the stream early")
 
@@ -214,12 +234,55 @@ class Dispatcher:
             except Exception as exc:  # database hiccup: the lease has slack, try again
                 log.warning("heartbeat for %s failed (%s)", claim.job_id, type(exc).__name__)
 
+    async def _collect(self, keys: list[str]) -> None:
+        """Blobs this job let go of: deleted unless another job refers to them. Best
+        effort: what fails here stays for ``clipgan storage gc``."""
+        if not keys:
+            return
+        try:
+            await self.blobs.collect(keys)
+        except Exception as exc:
+            log.warning("blobs %s not collected (%s: %s)", keys, type(exc).__name__, exc)
+
+    async def _store_result(self, claim: Claim, png: bytes) -> str:
+        """Store the picture, trying again while the store is down (the lease renewed
+        meanwhile) for up to ``store_wait_s``: the GPU's work is not thrown away for a
+        blip. Raises :class:`StoreUnavailable` after that, :class:`LeaseLost`."""
+        deadline = time.monotonic() + self.settings.store_wait_s
+        pause = 0.5
+        while True:
+            try:
+                return await self.blobs.save(claim.job_id, png)
+            except StoreUnavailable:
+                if time.monotonic() + pause > deadline:
+                    raise
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 10.0)
+            await self._write(queue.renew, claim, lease_s=self.settings.lease_s)
+
     async def _settle(self, claim: Claim, outcome: Result | Failure) -> None:
+        released: list[str] = []
         if isinstance(outcome, Result):
-            key = await asyncio.to_thread(self.storage.put, outcome.png)
+            try:
+                key = await self._store_result(claim, outcome.png)
+            except StoreUnavailable as exc:  # never a succeeded job without its picture
+                log.warning("job %s attempt %d: the picture could not be stored: %s",
+                            claim.job_id, claim.attempt, exc)
+                if claim.attempt >= self.settings.max_attempts:
+                    await self._write(queue.finish, claim, status=JobStatus.failed,
+                                      error="the picture could not be stored (the picture "
+                                            "store is unavailable); please submit again",
+                                      released=released)
+                else:
+                    await self._write(queue.requeue, claim, released=released,
+                                      reason="the picture could not be stored; retrying",
+                                      delay_s=self.settings.backoff_before(claim.attempt))
+                await self._collect(released)
+                return
             await self._write(queue.finish, claim, status=JobStatus.succeeded, result_key=key,
                               seed=outcome.seed, score=outcome.score, timings=outcome.timings,
-                              steps=outcome.steps)
+                              steps=outcome.steps, released=released)
+            await self._collect(released)
             metrics = self.metrics
             metrics.job_seconds.labels(status="succeeded").observe(
                 outcome.timings.get("total_s", 0.0))
@@ -231,15 +294,20 @@ class Dispatcher:
             log.warning("job %s attempt %d: %s: %s", claim.job_id, claim.attempt, outcome.code,
                         outcome.message)
         if outcome.code == "cancelled":
-            await self._write(queue.finish, claim, status=JobStatus.cancelled, error=shown)
+            await self._write(queue.finish, claim, status=JobStatus.cancelled, error=shown,
+                              released=released)
         elif outcome.code == "busy":  # nothing started: wait, without spending an attempt
             await self._write(queue.requeue, claim, reason=f"waiting for capacity: {shown}",
-                              delay_s=self.settings.backoff_s[0], count_attempt=False)
+                              delay_s=self.settings.backoff_s[0], count_attempt=False,
+                              released=released)
         elif not outcome.retryable or claim.attempt >= self.settings.max_attempts:
             error = shown if not outcome.retryable else (
                 f"the image service failed {claim.attempt} times; last error: {shown}")
-            await self._write(queue.finish, claim, status=JobStatus.failed, error=error)
+            await self._write(queue.finish, claim, status=JobStatus.failed, error=error,
+                              released=released)
         else:
             delay = self.settings.backoff_before(claim.attempt)
             log.info("job %s: retrying in %.0f s", claim.job_id, delay)
-            await self._write(queue.requeue, claim, reason=f"retrying: {shown}", delay_s=delay)
+            await self._write(queue.requeue, claim, reason=f"retrying: {shown}", delay_s=delay,
+                              released=released)
+        await self._collect(released)

@@ -22,7 +22,9 @@ process, or standalone) and crashes anywhere stay correct:
   out (process killed, node lost) is reclaimed: re-queued while attempts remain,
   failed with a reason after the last.
 * **Results**: :func:`finish` with ``succeeded`` takes the stored PNG's key, so a
-  succeeded job always has its image (the caller stores it first).
+  succeeded job always has its image (the caller stores it first, pinned by a
+  reference: :mod:`web_backend.storage.refs`); a fenced write may let go of the
+  references the row no longer names (``released``).
 * **Webhooks**: every transition that ends a job records its pending webhook in the
   same transaction (:mod:`web_backend.webhooks.outbox`).
 * **Usage**: every transition into or out of ``queued``/``running`` moves the owner's
@@ -45,6 +47,7 @@ from sqlalchemy.orm import Session
 
 from web_backend.core.changes import mark_changed
 from web_backend.core.models import Counter, Job, JobStatus, UserUsage, utcnow
+from web_backend.storage import refs
 from web_backend.webhooks import outbox
 
 __all__ = ["Claim", "JobStatus", "LeaseLost", "NewJob", "cancel", "claim", "enqueue",
@@ -182,8 +185,12 @@ def claim(session: Session, *, owner: str, lease_s: float) -> Claim | None:
 _LEASE_ONLY = {"lease_expires_at"}
 
 
-def _fenced(session: Session, held: Claim, **values: Any) -> bool:
-    """Apply ``values`` only while ``held`` still owns the job; returns its cancel flag."""
+def _fenced(session: Session, held: Claim, released: list[str] | None = None,
+            **values: Any) -> bool:
+    """Apply ``values`` only while ``held`` still owns the job; returns its cancel flag.
+    ``released``: the job's references to blobs its row no longer names (a replaced
+    preview, a result whose storing failed) are let go, and their keys added here for
+    the caller to collect after the commit; fenced, so only the holder does it."""
     row = session.execute(
         update(Job).where(Job.id == held.job_id, Job.fencing_token == held.token,
                           Job.status == JobStatus.running)
@@ -193,6 +200,8 @@ def _fenced(session: Session, held: Claim, **values: Any) -> bool:
     if row is not None and values.get("status") in outbox.EVENT_OF_STATUS:
         outbox.record(session, (held.job_id,), values["status"])
         _left(session, [(row[1], row[2], values["status"] is JobStatus.failed)])
+    if row is not None and released is not None:
+        released += refs.release_stale(session, held.job_id)
     session.commit()
     if row is None:
         raise LeaseLost(held.job_id)
@@ -201,18 +210,21 @@ def _fenced(session: Session, held: Claim, **values: Any) -> bool:
 
 def renew(session: Session, held: Claim, *, lease_s: float,
           progress_step: int | None = None, progress_total: int | None = None,
-          score: float | None = None, preview_key: str | None = None) -> bool:
-    """Extend the lease, recording progress when given; True when a cancel was asked."""
+          score: float | None = None, preview_key: str | None = None,
+          released: list[str] | None = None) -> bool:
+    """Extend the lease, recording progress when given; True when a cancel was asked.
+    A new ``preview_key`` (stored by ``BlobKeeper.save``) replaces the last: pass
+    ``released`` to have the old one's key handed back for collecting."""
     progress = {k: v for k, v in dict(progress_step=progress_step, progress_total=progress_total,
                                       score=score, preview_key=preview_key).items()
                 if v is not None}
-    return _fenced(session, held, lease_expires_at=_lease_end(lease_s), **progress)
+    return _fenced(session, held, released, lease_expires_at=_lease_end(lease_s), **progress)
 
 
 def finish(session: Session, held: Claim, *, status: JobStatus, error: str | None = None,
            result_key: str | None = None, seed: int | None = None,
            score: float | None = None, timings: dict[str, float] | None = None,
-           steps: int | None = None) -> None:
+           steps: int | None = None, released: list[str] | None = None) -> None:
     """End a running job: succeeded (with its stored picture), failed or cancelled."""
     if not status.terminal:
         raise ValueError(f"finish needs a final status, not {status}")
@@ -224,17 +236,17 @@ def finish(session: Session, held: Claim, *, status: JobStatus, error: str | Non
         values.update(result_key=result_key, seed=seed, score=score, timings=timings)
         if steps is not None:
             values.update(progress_step=steps, progress_total=steps)
-    _fenced(session, held, **values)
+    _fenced(session, held, released, **values)
 
 
 def requeue(session: Session, held: Claim, *, reason: str, delay_s: float,
-            count_attempt: bool = True) -> None:
+            count_attempt: bool = True, released: list[str] | None = None) -> None:
     """Put a running job back in line after ``delay_s``; ``count_attempt=False`` when the
     try never really started (back pressure, a dispatcher shutting down)."""
     extra = {} if count_attempt else {"attempts": Job.attempts - 1}
-    _fenced(session, held, status=JobStatus.queued, lease_owner=None, lease_expires_at=None,
-            available_at=utcnow() + timedelta(seconds=delay_s), error=reason, progress_step=0,
-            **extra)
+    _fenced(session, held, released, status=JobStatus.queued, lease_owner=None,
+            lease_expires_at=None, available_at=utcnow() + timedelta(seconds=delay_s),
+            error=reason, progress_step=0, **extra)
 
 
 def reclaim_expired(session: Session, *, max_attempts: int) -> tuple[int, int]:

@@ -69,6 +69,9 @@ class JobOut(BaseModel):
     batch: list[str] | None = Field(None, description=(
         "The ids of every job the submission made, in order, when it asked for n > 1 "
         "pictures (this job is the first)."))
+    deleted: bool = Field(False, description=(
+        "True only in the answer to the DELETE that deleted this (finished) job: it is "
+        "gone, with its picture, and its links no longer work."))
 
 
 class JobPage(BaseModel):

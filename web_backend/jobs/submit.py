@@ -51,10 +51,11 @@ from web_backend.core.errors import (
 from web_backend.core.models import Job, JobStatus, User, UserUsage, utcnow
 from web_backend.core.ratelimit import RateLimiter
 from web_backend.core.settings import LimitSettings
-from web_backend.core.storage import BlobStore
 from web_backend.jobs import queue
 from web_backend.jobs.eta import Throughput
 from web_backend.jobs.schemas import JobRequest
+from web_backend.storage import refs
+from web_backend.storage.keeper import BlobKeeper
 
 __all__ = ["Admitted", "Submissions"]
 
@@ -110,7 +111,8 @@ class _Pending:
     request: JobRequest
     idempotency_key: str | None
     counted: bool
-    image_key: str | None
+    image_key: str | None              # the stored image prompt, pinned by ``upload``
+    upload: str | None                 # its reference's owner until the jobs take it over
     key_id: str | None
     key_per_minute: int | None
     done: asyncio.Future[Admitted] = field(repr=False)
@@ -131,19 +133,20 @@ class Submissions:
                  sessions:   sessionmaker[Session],  # writing sessions
                  limiter:    RateLimiter,            # submissions per minute
                  defaults:   LimitSettings,          # limits of accounts without their own
-                 storage:    BlobStore,              # where image prompts go
+                 blobs:      BlobKeeper,             # where image prompts go
                  throughput: Throughput,             # the ETA unit, Retry-After of a limit
                  max_batch:  int = 64,               # submissions per transaction at most
                  ) -> None:
         self.sessions = sessions
         self.limiter = limiter
         self.defaults = defaults
-        self.storage = storage
+        self.blobs = blobs
         self.throughput = throughput
         self.max_batch = max_batch
         self._lines: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Line] = \
             weakref.WeakKeyDictionary()
         self.batches = 0        # transactions written so far (the bench reads them)
+        self._collecting: set[asyncio.Task[int]] = set()
 
     # --- what routes call ----------------------------------------------------------
 
@@ -163,24 +166,23 @@ class Submissions:
         ``counted``: the caller already counted them (:meth:`count`: before checking a
         webhook's URL, which resolves names). ``key_id``, ``key_per_minute``: the API key
         submitting, and its own limit within the account's."""
-        image_key = None
+        image_key = upload = None
         if request.image_prompt is not None:  # decoded and reduced once, off the loop
-            image_key = await anyio.to_thread.run_sync(self._store_image, request.image_prompt)
+            image = await anyio.to_thread.run_sync(_normalized, request.image_prompt)
+            upload = f"{refs.UPLOAD_PREFIX}{uuid.uuid4()}"
+            try:  # StoreUnavailable: the route answers 503, nothing was queued
+                image_key = await self.blobs.save(upload, image)
+            except BaseException:
+                await self.blobs.forget(upload)
+                raise
         loop = asyncio.get_running_loop()
         line = self._lines.setdefault(loop, _Line())
-        pending = _Pending(user_id, request, idempotency_key, counted, image_key,
+        pending = _Pending(user_id, request, idempotency_key, counted, image_key, upload,
                            key_id, key_per_minute, loop.create_future())
         line.waiting.append(pending)
         if line.writing is None:
             line.writing = loop.create_task(self._write_batches(line))
         return await pending.done
-
-    def _store_image(self, data: bytes) -> str:
-        try:  # the ML side gets a small square PNG
-            image = image_prompts.normalize(data)
-        except image_prompts.ImagePromptError as exc:
-            raise Unprocessable(str(exc)) from None
-        return self.storage.put(image, suffix=".png")
 
     # --- batches ---------------------------------------------------------------------
 
@@ -190,14 +192,16 @@ class Submissions:
                 batch = line.waiting[:self.max_batch]
                 del line.waiting[:self.max_batch]
                 try:
-                    answers = await anyio.to_thread.run_sync(self._admit, batch)
+                    answers, released = await anyio.to_thread.run_sync(self._admit, batch)
                 except BaseException as exc:  # the database is away: each hears it
                     for pending in batch:
                         if not pending.done.done():
                             pending.done.set_exception(exc)
                     if isinstance(exc, asyncio.CancelledError):
                         raise
-                    continue
+                    continue  # uploads stay pinned until clipgan storage gc
+                if released:  # image prompts of refused or replayed submissions
+                    self._collect_later(released)
                 for pending, answer in zip(batch, answers, strict=True):
                     if pending.done.done():  # its request went away meanwhile
                         continue
@@ -208,7 +212,14 @@ class Submissions:
         finally:
             line.writing = None
 
-    def _admit(self, batch: Sequence[_Pending]) -> list[Admitted | ServiceError]:
+    def _collect_later(self, keys: list[str]) -> None:
+        """Off the batch's path: a store that is slow must not hold the next batch."""
+        task = asyncio.get_running_loop().create_task(self.blobs.collect(keys))
+        self._collecting.add(task)
+        task.add_done_callback(self._collecting.discard)
+
+    def _admit(self, batch: Sequence[_Pending]) -> tuple[list[Admitted | ServiceError],
+                                                         list[str]]:
         """One transaction for the whole batch (retried when a parallel retry of the same
         Idempotency-Key won the race: the retry then finds and replays it)."""
         for attempt in range(3):
@@ -219,7 +230,8 @@ class Submissions:
                     raise
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _admit_once(self, batch: Sequence[_Pending]) -> list[Admitted | ServiceError]:
+    def _admit_once(self, batch: Sequence[_Pending]) -> tuple[list[Admitted | ServiceError],
+                                                              list[str]]:
         now = utcnow()
         user_ids = sorted({pending.user_id for pending in batch})
         with self.sessions() as session:
@@ -254,6 +266,12 @@ class Submissions:
             existing = [decision[0][0].id for decision in decided
                         if not isinstance(decision, ServiceError) and decision[1]]
             replayed = _jobs_with_batches(session, existing)
+            released = refs.hand_over(session, {
+                pending.upload: (pending.image_key, [job.id for job in decision[0]]
+                                 if not isinstance(decision, ServiceError) and not decision[1]
+                                 else [])
+                for pending, decision in zip(batch, decided, strict=True)
+                if pending.upload is not None and pending.image_key is not None})
             session.commit()
         fresh = {job.id: (job, number) for job, number in zip(new_jobs, numbers, strict=True)}
         self.batches += 1
@@ -271,7 +289,7 @@ class Submissions:
                 first, number = fresh[jobs[0].id]
                 answers.append(Admitted([job.id for job in jobs], False, first, number, head,
                                         average_s))
-        return answers
+        return answers, released
 
     def _decide(self, session: Session, pending: _Pending, users: Mapping[int, Any],
                 usage: dict[int, _Usage], keyed: dict[tuple[int, str], list[queue.NewJob]],
@@ -333,6 +351,13 @@ class Submissions:
         if key is not None:
             keyed[(user.id, key)] = jobs
         return jobs, False
+
+
+def _normalized(data: bytes) -> bytes:
+    try:  # the ML side gets a small square PNG
+        return image_prompts.normalize(data)
+    except image_prompts.ImagePromptError as exc:
+        raise Unprocessable(str(exc)) from None
 
 
 def _usage_from_jobs(session: Session, user_id: int, now: datetime) -> _Usage:

@@ -29,7 +29,7 @@ from typing import Final, Literal
 from sqlalchemy import make_url, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from web_backend.core.models import Job, User, utcnow
+from web_backend.core.models import Deletion, Job, User, utcnow
 
 __all__ = [
     "LOST",
@@ -120,9 +120,15 @@ class LoginChanges:
         self.session_factory = session_factory
 
     def since(self, session: Session, moment: datetime) -> list[tuple[str, datetime]]:
-        return [(f"{USER_PREFIX}{user_id}", changed) for user_id, changed in session.execute(
+        """Users whose logins changed, and users deleted (their rows are gone: the
+        ``deletions`` record says so)."""
+        changed = [(f"{USER_PREFIX}{user_id}", at) for user_id, at in session.execute(
             select(User.id, User.logins_changed_at)
-            .where(User.logins_changed_at > moment)).all() if changed is not None]
+            .where(User.logins_changed_at > moment)).all() if at is not None]
+        return changed + [(subject, at) for subject, at in session.execute(
+            select(Deletion.subject, Deletion.deleted_at)
+            .where(Deletion.deleted_at > moment,
+                   Deletion.subject.startswith(USER_PREFIX, autoescape=True))).all()]
 
 
 class RedisChanges:
@@ -225,8 +231,12 @@ class PollChanges:
         with self.session_factory() as session:
             jobs = session.execute(select(Job.id, Job.updated_at)
                                    .where(Job.updated_at > since)).all()
+            deleted = session.execute(  # rows that are gone show no change of their own
+                select(Deletion.subject, Deletion.deleted_at)
+                .where(Deletion.deleted_at > since,
+                       ~Deletion.subject.startswith(USER_PREFIX, autoescape=True))).all()
             users = LoginChanges(self.session_factory).since(session, since)
-        return [(job_id, updated) for job_id, updated in jobs] + users
+        return [(job_id, updated) for job_id, updated in [*jobs, *deleted]] + users
 
     async def __call__(self) -> AsyncIterator[ChangeBatch]:
         seen: dict[str, datetime] = {}

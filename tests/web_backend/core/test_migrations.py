@@ -6,7 +6,7 @@ from web_backend.core import migrate
 from web_backend.core.models import Base
 
 TABLES = {"users", "auth_sessions", "refresh_tokens", "jobs", "webhook_deliveries",
-          "user_usage", "counters", "api_keys"}
+          "user_usage", "counters", "api_keys", "blobs", "blob_refs", "deletions", "leases"}
 
 
 def _tables(url: str) -> set[str]:
@@ -20,7 +20,7 @@ def _tables(url: str) -> set[str]:
 def test_upgrade_downgrade_upgrade(database_url: str) -> None:
     # the fixture already upgraded to head
     assert _tables(database_url) == TABLES == set(Base.metadata.tables)
-    assert migrate.current(database_url) == "0008"
+    assert migrate.current(database_url) == "0009"
     migrate.downgrade(database_url, "base")
     assert _tables(database_url) == set()
     assert migrate.current(database_url) is None

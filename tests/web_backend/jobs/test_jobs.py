@@ -10,7 +10,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from tests.ml_backend import hostile_images
-from tests.web_backend.helpers import Account, make_admin
+from tests.web_backend.helpers import Account, make_admin, read_blob, stored
 from web_backend.core.models import Job, utcnow
 
 
@@ -23,11 +23,12 @@ def png(color: tuple[int, int, int] = (200, 30, 90), size: int = 16) -> bytes:
 def finish(app: FastAPI, job_id: str, image: bytes, *, preview: bytes | None = None) -> None:
     """What the dispatcher does when the ML side returns a result."""
     services = app.state.services
-    with services.session_factory() as session:
+    result_key = stored(services, job_id, image)  # pinned and stored first, as it does
+    preview_key = stored(services, job_id, preview) if preview else None
+    with services.write_session_factory() as session:
         job = session.get(Job, job_id)
         job.status, job.started_at, job.finished_at = "succeeded", utcnow(), utcnow()
-        job.result_key = services.storage.put(image)
-        job.preview_key = services.storage.put(preview) if preview else None
+        job.result_key, job.preview_key = result_key, preview_key
         job.progress_step, job.seed, job.score = job.progress_total, 7, 0.31
         session.commit()
 
@@ -108,8 +109,8 @@ def test_the_ml_side_gets_a_small_square_png(app: FastAPI, alice: Account) -> No
                      files={"image_prompt": ("photo.jpg", photo, "image/jpeg")}).json()
     with app.state.services.session_factory() as session:
         key = session.get(Job, job["id"]).image_prompt_key
-    with Image.open(io.BytesIO(app.state.services.storage.get(key))) as stored:
-        assert (stored.format, stored.size) == ("PNG", (448, 448))
+    with Image.open(io.BytesIO(read_blob(app.state.services, key))) as kept:
+        assert (kept.format, kept.size) == ("PNG", (448, 448))
 
 
 def test_idempotency_key_covers_the_image_prompt(alice: Account) -> None:

@@ -18,7 +18,7 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from tests.web_backend.helpers import Account, make_admin
+from tests.web_backend.helpers import Account, make_admin, stored
 from web_backend.app import build_services, create_app
 from web_backend.core.models import JobStatus
 from web_backend.core.settings import WebSettings
@@ -129,10 +129,11 @@ def test_a_stream_follows_a_job_run_by_another_process(
     claim = _claim(elsewhere)
     stream.wait_for(lambda e: e[-1][2]["status"] == "running")
     for step in range(1, 5):
-        preview = elsewhere.storage.put(b"preview %d" % step) if step == 2 else None
+        preview = (stored(elsewhere, claim.job_id, b"preview %d" % step)
+                   if step == 2 else None)
         _write(elsewhere, queue.renew, claim, lease_s=60, progress_step=step, preview_key=preview)
         stream.wait_for(lambda e, step=step: e[-1][2]["progress"]["step"] == step)
-    result = elsewhere.storage.put(b"picture")
+    result = stored(elsewhere, claim.job_id, b"picture")
     _write(elsewhere, queue.finish, claim, status=JobStatus.succeeded, result_key=result,
            seed=7, score=0.3)
     events = stream.done()

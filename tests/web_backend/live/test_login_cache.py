@@ -18,7 +18,7 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from sqlalchemy import event
 
-from tests.web_backend.helpers import Account, make_admin
+from tests.web_backend.helpers import Account, make_admin, stored
 from web_backend.app import create_app
 from web_backend.core.models import JobStatus
 from web_backend.core.settings import WebSettings
@@ -204,7 +204,7 @@ def _finished_job(app: FastAPI, owner: Account) -> str:
     assert claim is not None and claim.job_id == r.json()["id"]
     with services.write_session_factory() as session:
         queue.finish(session, claim, status=JobStatus.succeeded,
-                     result_key=services.storage.put(b"\x89PNG picture"), seed=3, score=0.3)
+                     result_key=stored(services, claim.job_id, b"\x89PNG picture"), seed=3, score=0.3)
     return claim.job_id
 
 

@@ -24,6 +24,7 @@ from tests.web_backend.helpers import (
     TricklingReceiver,
     WebhookReceiver,
     make_admin,
+    stored,
 )
 from web_backend.app import build_services, create_app, make_webhook_sender
 from web_backend.core.models import JobStatus, WebhookDelivery
@@ -76,7 +77,7 @@ def _end(services: Services, status: JobStatus) -> str:
     assert claim is not None
     extra: dict[str, Any] = {}
     if status is JobStatus.succeeded:
-        extra = dict(result_key=services.storage.put(b"\x89PNG picture"), seed=7, score=0.3,
+        extra = dict(result_key=stored(services, claim.job_id, b"\x89PNG picture"), seed=7, score=0.3,
                      timings={"total_s": 1.0}, steps=2)
     elif status is JobStatus.failed:
         extra = dict(error="the model is unknown")

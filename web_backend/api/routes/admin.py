@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Path, Query
+from fastapi import APIRouter, Depends, Path, Query, Response
+from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import select
 
 from web_backend.accounts import keys
@@ -14,6 +15,7 @@ from web_backend.api.deps import AdminUser, ServicesDep, SessionDep
 from web_backend.api.openapi import refusals
 from web_backend.core.errors import NotFound
 from web_backend.core.models import User
+from web_backend.storage import refs
 
 __all__ = ["router"]
 
@@ -39,12 +41,27 @@ TargetUser = Annotated[User, Depends(get_user)]
 def list_users(_: AdminUser, session: SessionDep, services: ServicesDep,
                offset: int = Query(0, ge=0, le=10**9), limit: int = Query(50, ge=1, le=500),
                ) -> list[UserDetail]:
-    """Every account, by id."""
+    """Every account, by id, with its API keys and the storage its pictures take."""
     users = list(session.scalars(select(User).order_by(User.id).offset(offset).limit(limit)))
-    counts = keys.key_counts(session, [user.id for user in users])
+    ids = [user.id for user in users]
+    counts = keys.key_counts(session, ids)
+    used = refs.usage_by_user(session, ids)
     session.commit()
-    return [accounts.user_detail(u, services.settings.limits, api_keys=counts.get(u.id, 0))
-            for u in users]
+    return [accounts.user_detail(u, services.settings.limits, api_keys=counts.get(u.id, 0),
+                                 storage_bytes=used[u.id]) for u in users]
+
+
+@router.delete("/users/{user_id}", status_code=204, response_class=Response,
+               responses=refusals(401, 403, 404, 409, 503, described={
+                   409: "Your own account (use DELETE /v1/users/me), or the only "
+                        "administrator."}))
+async def delete_user(user: TargetUser, admin: AdminUser, session: SessionDep,
+                      services: ServicesDep) -> Response:
+    """Delete an account with everything of theirs (as DELETE /v1/users/me does); their
+    tokens and links stop working at once, on every server."""
+    released = await run_in_threadpool(accounts.delete_account, session, user=user, by=admin)
+    await services.blobs.collect(released)
+    return Response(status_code=204)
 
 
 @router.post("/users/{user_id}/disable", response_model=UserDetail,

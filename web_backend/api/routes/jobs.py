@@ -34,11 +34,12 @@ from web_backend.api.submission import Submission, check_webhook_url
 from web_backend.core.errors import Conflict, NotFound, ServiceUnavailable, Unauthorized
 from web_backend.core.models import Job, JobStatus, User
 from web_backend.core.security import AccessClaims
-from web_backend.jobs import queue
+from web_backend.jobs import queue, removal
 from web_backend.jobs.schemas import JobOut, JobPage
 from web_backend.live.feed import JobView, Watch
 from web_backend.live.kept_views import KeptView
 from web_backend.services import Services
+from web_backend.storage.blobs import BlobMissing
 
 __all__ = ["router"]
 
@@ -157,13 +158,30 @@ def _job_json(services: Services, claims: AccessClaims, job_id: str) -> bytes:
 
 
 @router.delete("/{job_id}", response_model=JobOut, responses=refusals(401, 403, 404))
-def cancel(job: OwnedJob, session: SessionDep, services: ServicesDep) -> JobOut:
-    """Cancel (idempotent): a queued job at once, a running one within a search step."""
-    return services.job_viewer.out(session, queue.cancel(session, job=job))
+async def cancel(job: OwnedJob, session: SessionDep, services: ServicesDep,
+                 cancel_only: Annotated[bool, Query(description=(
+                     "Only cancel: a job that has already ended is left as it is (and "
+                     "answered as it is). For clients that cancel on a timeout and must not "
+                     "delete a picture that finished meanwhile."))] = False) -> JobOut:
+    """Cancel an active job (idempotent: a queued one at once, a running one within a
+    search step); delete one that has ended, with its picture, previews and image
+    prompt (its links stop working)."""
+    if job.status.active or cancel_only:
+        return await run_in_threadpool(
+            lambda: services.job_viewer.out(session, queue.cancel(session, job=job)))
+    out = await run_in_threadpool(services.job_viewer.out, session, job)
+    deleted, released = await run_in_threadpool(removal.delete_finished, session, [job.id])
+    if not deleted:  # it was deleted meanwhile (another request, the retention sweeper)
+        raise NotFound(f"no job {job.id}")
+    await services.blobs.collect(released)
+    return out.model_copy(update={"deleted": True, "image_url": None, "preview_url": None})
 
 
-def _file_response(request: Request, services: Services, key: str | None, what: str,
-                   job: Job) -> Response:
+async def _file_response(request: Request, services: Services, key: str | None, what: str,
+                         job: Job) -> Response:
+    """The blob's bytes through this process (the bucket stays private, and a deleted
+    picture's link stops working at once), read whole within the store's deadline
+    (a store that is down or slow: 503 with Retry-After)."""
     if key is None:
         missing = NotFound if what == "preview" else Conflict
         raise missing(f"job {job.id} has no {what} yet (status: {job.status})")
@@ -171,25 +189,33 @@ def _file_response(request: Request, services: Services, key: str | None, what: 
     headers = {"ETag": etag, "Cache-Control": "private, max-age=86400, immutable"}
     if request.headers.get("if-none-match") == etag:
         return Response(status_code=304, headers=headers)
-    return Response(services.storage.get(key), media_type="image/png", headers=headers)
+    try:
+        data = await services.blobs.get(key)
+    except BlobMissing:  # deleted between the job's read and this one
+        raise NotFound(f"the {what} of job {job.id} is gone") from None
+    return Response(data, media_type="image/png", headers=headers)
 
 
 @router.get("/{job_id}/image", response_class=Response, responses={
     **PNG, 304: {"description": "Unchanged since the ETag sent in If-None-Match."},
-    **refusals(401, 403, 404, 409, described={409: "The job has not succeeded (yet)."})})
-def image(request: Request, services: ServicesDep,
-          job: Annotated[Job, job_by_token_or_link("image")]) -> Response:
+    **refusals(401, 403, 404, 409, 503, described={
+        409: "The job has not succeeded (yet).",
+        503: "The picture store is unavailable for the moment."})})
+async def image(request: Request, services: ServicesDep,
+                job: Annotated[Job, job_by_token_or_link("image")]) -> Response:
     """The finished PNG: the owner's bearer token, or the signed ``image_url``."""
-    return _file_response(request, services, job.result_key, "image", job)
+    return await _file_response(request, services, job.result_key, "image", job)
 
 
 @router.get("/{job_id}/preview", response_class=Response, responses={
     **PNG, 304: {"description": "Unchanged since the ETag sent in If-None-Match."},
-    **refusals(401, 403, 404, described={404: "No such job, or no preview yet."})})
-def preview(request: Request, services: ServicesDep,
-            job: Annotated[Job, job_by_token_or_link("preview")]) -> Response:
+    **refusals(401, 403, 404, 503, described={
+        404: "No such job, or no preview yet.",
+        503: "The picture store is unavailable for the moment."})})
+async def preview(request: Request, services: ServicesDep,
+                  job: Annotated[Job, job_by_token_or_link("preview")]) -> Response:
     """The latest preview PNG of a running job."""
-    return _file_response(request, services, job.preview_key, "preview", job)
+    return await _file_response(request, services, job.preview_key, "preview", job)
 
 
 @router.get("/{job_id}/events", response_class=StreamingResponse, responses={

@@ -230,7 +230,7 @@ async def generate(body: ImageGenerationRequest, request: Request, claims: Acces
     for job in jobs:
         prompt = job.request.get("prompt")
         if body.response_format == "b64_json":
-            png = await run_in_threadpool(services.storage.get, job.result_key or "")
+            png = await services.blobs.get(job.result_key or "")
             data.append(ImageData(b64_json=base64.b64encode(png).decode(),
                                   revised_prompt=prompt))
         else:

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Response
+from fastapi.concurrency import run_in_threadpool
 
 from web_backend.accounts import keys
 from web_backend.accounts import service as accounts
-from web_backend.accounts.schemas import PasswordChange, UserDetail
+from web_backend.accounts.schemas import AccountDeletion, PasswordChange, UserDetail
 from web_backend.api.deps import CurrentLogin, CurrentUser, ServicesDep, SessionDep
 from web_backend.api.openapi import refusals
+from web_backend.storage import refs
 from web_backend.webhooks.schemas import WebhookSecret
 
 __all__ = ["router"]
@@ -18,10 +20,30 @@ router = APIRouter(tags=["users"])
 
 @router.get("/v1/users/me", response_model=UserDetail, responses=refusals(401, 403))
 def me(user: CurrentUser, services: ServicesDep, session: SessionDep) -> UserDetail:
-    """Your account and its limits."""
+    """Your account, its limits, and the storage your pictures take."""
     count = keys.key_counts(session, [user.id]).get(user.id, 0)
+    used = refs.usage_by_user(session, [user.id])[user.id]
     session.commit()
-    return accounts.user_detail(user, services.settings.limits, api_keys=count)
+    return accounts.user_detail(user, services.settings.limits, api_keys=count,
+                                storage_bytes=used)
+
+
+@router.delete("/v1/users/me", status_code=204, response_class=Response,
+               responses=refusals(401, 403, 409, 422, 429, 503, described={
+                   403: "password is wrong, or an API key was used.",
+                   409: "The only administrator cannot delete their account.",
+                   429: "Too many attempts."}))
+async def delete_me(body: AccountDeletion, user: CurrentUser, session: SessionDep,
+                    services: ServicesDep) -> Response:
+    """Delete your account with everything of yours: jobs (running ones stop), pictures,
+    previews and image prompts, logins, API keys, webhook secret and pending deliveries.
+    Your tokens and links stop working at once, on every server."""
+    released = await run_in_threadpool(
+        accounts.delete_account, session, user=user, password=body.password,
+        limiter=services.limiter,
+        attempts_per_hour=services.settings.auth.password_changes_per_hour)
+    await services.blobs.collect(released)
+    return Response(status_code=204)
 
 
 @router.put("/v1/users/me/password", status_code=204,
