@@ -52,7 +52,12 @@ class Account:
         return self.client.put(path, headers={**self.auth, **kw.pop("headers", {})}, **kw)
 
     def delete(self, path: str, **kw: Any):
-        return self.client.delete(path, headers={**self.auth, **kw.pop("headers", {})}, **kw)
+        """DELETE, with a body if ``json`` is given (as ``DELETE /v1/users/me`` takes)."""
+        return self.client.request("DELETE", path,
+                                   headers={**self.auth, **kw.pop("headers", {})}, **kw)
+
+    def delete_account(self, password: str | None = None):
+        return self.delete("/v1/users/me", json={"password": password or self.password})
 
 
 def wait_for(account: Account, job_id: str, predicate: Callable[[dict], bool],

@@ -4,8 +4,9 @@ A page polls its job while it runs, and keeps reading it after it ends (a galler
 shared tab, fifty tabs on one job). Two kinds of view are kept:
 
 * **finished**: a job that succeeded, failed or was cancelled, whose webhook (if any)
-  has settled (deliveries still move after the job ends), never changes again. Kept
-  until evicted, least recently read first; nothing invalidates it.
+  has settled (deliveries still move after the job ends), never changes again but
+  can be deleted. Kept until evicted (least recently read first) or deleted (heard
+  like a change).
 * **active**: a queued or running job without a webhook, kept for at most
   ``active_max_age_s`` and dropped as soon as this process hears that the job changed:
   its own commits at once (:func:`web_backend.core.changes.announce_commits`),
@@ -124,6 +125,8 @@ class KeptViews:
                 return None
             kept = KeptView.of(owner_id, out)
             with self._lock:
+                if read_at < self._floor or self._forgotten.get(out.id, -1) > read_at:
+                    return None  # deleted while it was being read, perhaps
                 self._active.pop(out.id, None)
                 self._finished[out.id] = kept
                 self._finished.move_to_end(out.id)
@@ -143,11 +146,12 @@ class KeptViews:
         return kept
 
     def forget(self, job_ids: Iterable[str]) -> None:
-        """These jobs changed: drop their active views (finished ones cannot change)."""
+        """These jobs changed, or were deleted: drop their views."""
         with self._lock:
             self._generation += 1
             for job_id in job_ids:
                 self._active.pop(job_id, None)
+                self._finished.pop(job_id, None)
                 self._forgotten[job_id] = self._generation
             if len(self._forgotten) > 4 * max(self.max_active, 1):
                 self._refuse_earlier_reads()  # bounded: what it forgot is no longer known

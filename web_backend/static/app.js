@@ -59,7 +59,9 @@ function card(job) {
   if (!node) {
     node = $("#job-card").content.firstElementChild.cloneNode(true);
     node.id = `job-${job.id}`;
-    node.querySelector(".cancel").onclick = () => api(`/v1/jobs/${job.id}`, { method: "DELETE" }).catch((e) => say(e.message));
+    // cancel_only: a job that finished meanwhile keeps its picture
+    node.querySelector(".cancel").onclick = () => api(`/v1/jobs/${job.id}?cancel_only=true`, { method: "DELETE" }).catch((e) => say(e.message));
+    node.querySelector(".delete").onclick = () => deleteJob(node, job.id);
     node.querySelector(".rerun").onclick = () => submit(node.dataset.request).catch((e) => say(e.message));
     node.querySelector(".open").onclick = () => openLarge(JSON.parse(node.dataset.job));
     node.querySelector(".use-seed").onclick = () => useSeed(JSON.parse(node.dataset.job));
@@ -91,7 +93,17 @@ function card(job) {
   node.querySelector(".use-seed").hidden = job.seed === null || job.seed === undefined;
   node.querySelector(".cancel").hidden = TERMINAL.has(job.status);
   node.querySelector(".rerun").hidden = !TERMINAL.has(job.status);
+  node.querySelector(".delete").hidden = !TERMINAL.has(job.status);
   return node;
+}
+
+async function deleteJob(node, id) {
+  if (!confirm("Delete this picture? Its links stop working. This cannot be undone.")) return;
+  try {
+    await api(`/v1/jobs/${id}`, { method: "DELETE" });
+    node.remove();
+    say("Picture deleted.", true);
+  } catch (e) { say(e.message); }
 }
 
 function details(job) {
@@ -229,6 +241,18 @@ async function show() {
   } catch (e) { say(`models unavailable: ${e.message} (jobs still queue)`); }
 }
 
+$("#delete-account-form").onsubmit = async (event) => {
+  event.preventDefault();
+  const f = event.target;
+  if (!confirm("Delete your account and every picture of yours? This cannot be undone.")) return;
+  try {
+    await api("/v1/users/me", { method: "DELETE", body: JSON.stringify({ password: f.password.value }),
+                                headers: { "Content-Type": "application/json" } }, false);
+    f.reset();
+    store.clear(); streams.forEach((s) => s.close()); streams.clear(); show();
+    say("Your account was deleted.", true);
+  } catch (e) { say(e.message); }
+};
 $("#show-register").onclick = () => { $("#login-form").hidden = true; $("#register-form").hidden = false; };
 $("#show-login").onclick = () => { $("#login-form").hidden = false; $("#register-form").hidden = true; };
 $("#login-form").onsubmit = async (event) => {

@@ -178,6 +178,20 @@ def test_a_visit_from_first_page_to_sign_out(tmp_path: Path) -> None:
             page.reload()
             expect(page.locator("#new-key-value")).to_have_value("")  # never shown again
 
+            # delete a picture: asked first, gone from the page and from its link
+            cards = page.locator(".job")
+            before = cards.count()
+            doomed = cards.first
+            link = doomed.locator(".download").get_attribute("href")
+            page.once("dialog", lambda dialog: dialog.dismiss())  # changed their mind
+            doomed.get_by_role("button", name="Delete").click()
+            expect(cards).to_have_count(before)
+            page.once("dialog", lambda dialog: dialog.accept())
+            doomed.get_by_role("button", name="Delete").click()
+            expect(page.locator("#message")).to_have_text("Picture deleted.")
+            expect(cards).to_have_count(before - 1)
+            assert context.request.get(base + link if link.startswith("/") else link).status == 404
+
             # sign out: back to the first page, and the old token no longer reads jobs
             token = page.evaluate("localStorage.getItem('clipgan.access')")
             page.get_by_role("button", name="Sign out").click()
@@ -186,6 +200,28 @@ def test_a_visit_from_first_page_to_sign_out(tmp_path: Path) -> None:
             after = context.request.get(f"{base}/v1/jobs",
                                         headers={"Authorization": f"Bearer {token}"})
             assert after.status == 401
+
+            # delete the account: the password confirms it, then nothing of it is left
+            login = page.locator("#login-form")
+            login.get_by_label("Username").fill("alice")
+            login.get_by_label("Password").fill("a long password")
+            login.get_by_role("button", name="Sign in").click()
+            expect(page.locator("#studio")).to_be_visible()
+            page.locator("#account summary").click()
+            deletion = page.locator("#delete-account-form")
+            deletion.get_by_label("Your password").fill("not my password")
+            page.once("dialog", lambda dialog: dialog.accept())
+            deletion.get_by_role("button", name="Delete my account").click()
+            expect(page.locator("#message")).to_contain_text("password is wrong")
+            expect(page.locator("#studio")).to_be_visible()
+            deletion.get_by_label("Your password").fill("a long password")
+            page.once("dialog", lambda dialog: dialog.accept())
+            deletion.get_by_role("button", name="Delete my account").click()
+            expect(page.locator("#message")).to_have_text("Your account was deleted.")
+            expect(page.locator("#login-form")).to_be_visible()
+            gone = context.request.post(f"{base}/v1/auth/token", form={
+                "username": "alice", "password": "a long password"})
+            assert gone.status == 401
             browser.close()
         assert blocked == [], f"the page loaded something from elsewhere: {blocked}"
     finally:

@@ -23,6 +23,7 @@ from web_backend.app import create_app
 from web_backend.core.models import JobStatus
 from web_backend.core.settings import WebSettings
 from web_backend.jobs import queue
+from web_backend.jobs.queue import LeaseLost
 from web_backend.jobs.schemas import JobOut
 from web_backend.live.kept_views import KeptViews
 from web_backend.live.login_cache import LoginCache
@@ -345,9 +346,19 @@ def _replay_refresh_token(workers: Workers, first: TestClient, alice: Account) -
     assert first.post("/v1/auth/refresh", json={"refresh_token": token}).status_code == 401
 
 
+def _delete_account(workers: Workers, first: TestClient, alice: Account) -> None:
+    assert alice.delete_account().status_code == 204
+
+
+def _admin_delete(workers: Workers, first: TestClient, alice: Account) -> None:
+    admin = make_admin(workers.a, Account(first, "root"))
+    assert admin.delete(f"/v1/admin/users/{alice.id}").status_code == 204
+
+
 @pytest.mark.parametrize("end_login", [_logout, _change_password, _disable,
-                                       _replay_refresh_token],
-                         ids=["logout", "password-change", "admin-disable", "refresh-replay"])
+                                       _replay_refresh_token, _delete_account, _admin_delete],
+                         ids=["logout", "password-change", "admin-disable", "refresh-replay",
+                              "account-delete", "admin-delete"])
 def test_an_ended_login_is_refused_at_once_by_every_worker(
         workers: Workers, end_login: Callable[[Workers, TestClient, Account], None]) -> None:
     with workers.running() as (first, second):
@@ -447,7 +458,8 @@ class _Follower:
                 if line.startswith("event: ")]
 
 
-@pytest.mark.parametrize("end_login", [_logout, _disable], ids=["logout", "admin-disable"])
+@pytest.mark.parametrize("end_login", [_logout, _disable, _delete_account],
+                         ids=["logout", "admin-disable", "account-delete"])
 def test_an_open_stream_ends_with_its_login_on_every_worker(
         workers: Workers, end_login: Callable[[Workers, TestClient, Account], None]) -> None:
     """A stream opened on worker b by a login that then ends on worker a sends nothing
@@ -466,10 +478,11 @@ def test_an_open_stream_ends_with_its_login_on_every_worker(
         _until(lambda: "progress" in by_token.events(), "the stream follows the job")
         end_login(workers, first, alice)
         assert by_token.ended.wait(_LONG_LIFE_S / 20), "the stream outlived its login"
-        if end_login is _disable:
-            assert by_link.ended.wait(10), "a disabled account's link still streams"
+        if end_login is not _logout:
+            assert by_link.ended.wait(10), "a disabled or deleted account's link still streams"
         seen = len(by_token.lines)
-        workers.progress(claim, 2)
+        with contextlib.suppress(LeaseLost):  # a deleted job takes no more progress
+            workers.progress(claim, 2)
         time.sleep(0.5)
         assert len(by_token.lines) == seen and by_token.events().count("progress") == 1
         assert second.get(f"{url}/events", headers=alice.auth).status_code == 401
