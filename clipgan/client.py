@@ -167,6 +167,17 @@ class ClipganClient:
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
         return self._check(self.http.post("/v1/jobs", json=request, headers=headers)).json()
 
+    def cancel(self, job_id: str) -> dict[str, Any]:
+        """Cancel the job if it is still active; a job that ended meanwhile is left as it
+        is (never deleted by a cancel that lost a race)."""
+        return dict(self._check(self.http.delete(f"/v1/jobs/{job_id}",
+                                                 params={"cancel_only": "true"})).json())
+
+    def delete(self, job_id: str) -> dict[str, Any]:
+        """Delete an ended job with its picture (an active one is cancelled instead: call
+        again once it has ended)."""
+        return dict(self._check(self.http.delete(f"/v1/jobs/{job_id}")).json())
+
     def new_webhook_secret(self) -> str:
         """A new secret for your webhook signatures (replaces the old one; shown once)."""
         return str(self._check(self.http.post("/v1/users/me/webhook-secret")).json()["secret"])

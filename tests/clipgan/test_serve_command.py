@@ -157,8 +157,16 @@ def test_client_commands_and_the_example_bot_outlive_access_tokens(tmp_path: Pat
         client = ClipganClient(base)  # a password, refreshed as tokens end
         client.sign_in("bot", "password123")
         for _ in range(3):
-            assert client.submit({"prompt": "smile", "steps": 1})["status"] == "queued"
+            job = client.submit({"prompt": "smile", "steps": 1})
+            assert job["status"] == "queued"
             time.sleep(2.2)
+        client.cancel(job["id"])  # cancelled, or it ended first: either way it stays
+        ended = _wait_done(base, job["id"], {"Authorization": "Bearer " + key}, timeout=120)
+        assert client.cancel(job["id"])["deleted"] is False
+        assert client.delete(job["id"])["deleted"] is True
+        assert httpx.get(f"{base}/v1/jobs/{job['id']}",
+                         headers={"Authorization": "Bearer " + key}).status_code == 404
+        assert ended["status"] in ("cancelled", "succeeded")
         listed = subprocess.run([sys.executable, "-m", "clipgan.cli", "keys", "list"],
                                 capture_output=True, text=True, env=env, timeout=60)
         assert listed.returncode == 0 and key not in listed.stdout
