@@ -150,7 +150,8 @@ class GeneratorIngress:
 
     One ``__call__`` handles every route, so the secret check cannot be forgotten on
     one of them. Routes: ``POST /v1/generate`` (NDJSON stream), ``POST /v1/sample``,
-    ``GET /v1/info``.
+    ``GET /v1/info`` (these three reach a Generator replica) and ``GET /v1/ready``
+    (answered here: a readiness probe must not start a GPU).
     """
 
     def __init__(self, generator: DeploymentHandle, secret: str) -> None:
@@ -172,6 +173,8 @@ class GeneratorIngress:
             return JSONResponse({"detail": "missing or wrong shared secret"}, status_code=401,
                                 headers={"WWW-Authenticate": "Bearer"})
         route = (request.method, request.url.path.rstrip("/"))
+        if route == ("GET", "/v1/ready"):  # the door itself: wakes no Generator replica
+            return JSONResponse({"status": "ok"})
         if route == ("GET", "/v1/info"):
             return JSONResponse(await self._generator.info.remote())
         if route not in {("POST", "/v1/generate"), ("POST", "/v1/sample")}:
@@ -212,7 +215,9 @@ def deployment_options(settings: MLSettings) -> dict[str, Any]:
         health_check_timeout_s=60,
         autoscaling_config={
             "min_replicas": settings.min_replicas,
-            "initial_replicas": max(settings.min_replicas, 1),
+            # at deploy as many as the floor: with min_replicas 0 a deploy starts no GPU
+            # (the first job does)
+            "initial_replicas": settings.min_replicas,
             "max_replicas": settings.max_replicas,
             "target_ongoing_requests": slots,       # a full replica (every slot busy) is on target
             "upscale_delay_s": settings.upscale_delay_s,

@@ -65,6 +65,7 @@ def test_http_ingress_requires_the_secret(cluster: dict) -> None:
     wrong = httpx.get(f"{base}/v1/info", headers={"Authorization": "Bearer " + "x" * 64},
                       timeout=60)
     assert wrong.status_code == 401 and wrong.headers["www-authenticate"] == "Bearer"
+    assert httpx.get(f"{base}/v1/ready", timeout=60).status_code == 401  # probes need it too
 
 
 def test_http_ingress_streams_ndjson_with_the_secret(cluster: dict) -> None:
@@ -81,3 +82,5 @@ def test_http_ingress_streams_ndjson_with_the_secret(cluster: dict) -> None:
     assert bad.status_code == 422 and "steps" in bad.text
     info = httpx.get(f"{base}/v1/info", headers=auth, timeout=60)
     assert info.status_code == 200 and info.json()["models"]["default"]["demo_weights"]
+    ready = httpx.get(f"{base}/v1/ready", headers=auth, timeout=60)  # the door, no replica
+    assert ready.status_code == 200 and ready.json() == {"status": "ok"}

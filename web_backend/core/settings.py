@@ -246,6 +246,9 @@ class DispatchSettings(_Group):
         "Lease renewal and cancel check while the ML side is silent."))
     poll_s: float = var("DISPATCH_POLL_S", 0.5, gt=0, description=(
         "How often to look for jobs queued by other processes."))
+    capacity_refresh_s: float = var("CAPACITY_REFRESH_S", 30.0, gt=0, description=(
+        "How often the dispatcher asks the ML side its capacity, only while it runs jobs "
+        "there (an idle dispatcher never wakes a deployment scaled to zero)."))
 
     def backoff_before(self, attempt: int) -> float:
         """Wait before retrying after failed attempt number ``attempt`` (1-based)."""

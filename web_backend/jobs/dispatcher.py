@@ -36,7 +36,6 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-_CAPACITY_REFRESH_S = 30.0
 
 
 class _StoreDown(Exception):
@@ -47,7 +46,9 @@ class Dispatcher:
     """Claims queued jobs and streams them through the ML side until ``stop()``.
 
     ``capacity``: jobs at once. By default the ML side's own figure (its ``info()``
-    reports ``capacity``), else ``CLIPGAN_ML_SLOTS``.
+    reports ``capacity``), else ``CLIPGAN_ML_SLOTS``. The figure is asked for only while
+    this dispatcher has jobs running there (the replicas are up anyway): an idle
+    dispatcher makes no call that could start a replica of a deployment at zero.
     """
 
     def __init__(self, *,
@@ -72,7 +73,7 @@ class Dispatcher:
         self._stop = asyncio.Event()
         self._wake = asyncio.Event()  # a job was queued in this process: claim now
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._capacity_checked = -_CAPACITY_REFRESH_S
+        self._capacity_checked = -settings.capacity_refresh_s
         self.executions = 0  # ML calls started by this dispatcher (tests count them)
 
     @property
@@ -88,13 +89,23 @@ class Dispatcher:
         return await asyncio.to_thread(run)
 
     async def _refresh_capacity(self) -> None:
-        if self._fixed_capacity or time.monotonic() - self._capacity_checked < _CAPACITY_REFRESH_S:
+        """Learn the ML side's capacity: from what is known without asking, and by asking
+        only while a job of ours runs there (asking a deployment at zero starts a GPU)."""
+        if self._fixed_capacity:
+            return
+        known = self.ml.known_info()
+        if not self._tasks or (time.monotonic() - self._capacity_checked
+                               < self.settings.capacity_refresh_s):
+            self._use_capacity(known)
             return
         self._capacity_checked = time.monotonic()
         with contextlib.suppress(MLUnavailable):
-            reported = (await self.ml.info()).get("capacity")
-            if isinstance(reported, int) and reported > 0:
-                self.throughput.capacity = reported
+            self._use_capacity(await self.ml.info())
+
+    def _use_capacity(self, info: dict[str, Any] | None) -> None:
+        reported = (info or {}).get("capacity")
+        if isinstance(reported, int) and reported > 0:
+            self.throughput.capacity = reported
 
     async def run(self) -> None:
         self._loop = asyncio.get_running_loop()

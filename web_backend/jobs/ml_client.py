@@ -39,7 +39,14 @@ class MLUnavailable(Exception):
 
 
 class MLClient(Protocol):
+    """How the web side reaches the ML side. Only ``generate``, ``sample`` and ``info``
+    reach a Generator replica (and start one when the deployment is at zero);
+    ``reachable`` and ``known_info`` never do, so probes and idle processes let it
+    scale to zero."""
+
     async def info(self) -> dict[str, Any]: ...
+    def known_info(self) -> dict[str, Any] | None: ...
+    async def reachable(self) -> bool: ...
     async def sample(self, request: GenerationRequest) -> Result | Failure: ...
     def generate(self, request: GenerationRequest) -> AsyncIterator[Message]: ...
 
@@ -55,6 +62,12 @@ class NoMLClient:
 
     async def info(self) -> dict[str, Any]:
         raise MLUnavailable(self._WHY)
+
+    def known_info(self) -> dict[str, Any] | None:
+        return None
+
+    async def reachable(self) -> bool:
+        return False
 
     async def sample(self, request: GenerationRequest) -> Result | Failure:
         return _unavailable(self._WHY)
@@ -78,6 +91,10 @@ class _InfoCache:
     def put(self, info: dict[str, Any]) -> dict[str, Any]:
         self._value = (time.monotonic(), info)
         return info
+
+    def known(self) -> dict[str, Any] | None:
+        """The last answer, however old (the catalog changes only with a deploy)."""
+        return self._value[1] if self._value is not None else None
 
 
 class HandleMLClient:
@@ -125,6 +142,17 @@ class HandleMLClient:
         except Exception as exc:
             raise MLUnavailable(f"ML side did not answer: {type(exc).__name__}: {exc}") from None
         return self._info.put(info)
+
+    def known_info(self) -> dict[str, Any] | None:
+        return self._info.known()
+
+    async def reachable(self) -> bool:
+        """The cluster answers (a handle from its Serve controller); no replica is asked."""
+        try:
+            await self._handle()
+        except MLUnavailable:
+            return False
+        return True
 
     async def sample(self, request: GenerationRequest) -> Result | Failure:
         try:
@@ -217,6 +245,17 @@ class HttpMLClient:
             raise MLUnavailable(_from_response(response.status_code, response.content).message)
         info: dict[str, Any] = response.json()
         return self._info.put(info)
+
+    def known_info(self) -> dict[str, Any] | None:
+        return self._info.known()
+
+    async def reachable(self) -> bool:
+        """The private ingress answers ``/v1/ready`` itself: no Generator replica is asked."""
+        try:
+            response = await self._client.get("/v1/ready", timeout=5)
+        except httpx.HTTPError:
+            return False
+        return response.status_code == 200
 
     async def sample(self, request: GenerationRequest) -> Result | Failure:
         try:

@@ -23,18 +23,22 @@ def test_generate_info_sample(cluster: dict, transport: str) -> None:
     async def run() -> tuple:
         client = (HttpMLClient(cluster["url"], CLUSTER_SECRET) if transport == "http"
                   else HandleMLClient(cluster["handle"]))
+        assert client.known_info() is None and await client.reachable()
         messages = await _collect(client, GenerationRequest(prompt="smile", steps=3, seed=2))
-        return messages, await client.info(), await client.sample(GenerationRequest(seed="A"))
+        return messages, await client.info(), await client.sample(GenerationRequest(seed="A")), \
+            client.known_info()
 
-    messages, info, sample = asyncio.run(run())
+    messages, info, sample, known = asyncio.run(run())
     assert [type(m) for m in messages] == [Progress] * 3 + [Result]
-    assert info["models"]["default"]["demo_weights"]
+    assert info["models"]["default"]["demo_weights"] and known == info
     assert isinstance(sample, Result) and sample.steps == 0
 
 
 def test_http_transport_with_a_wrong_secret_is_unavailable(cluster: dict) -> None:
     async def run() -> None:
-        await HttpMLClient(cluster["url"], "x" * 64).info()
+        wrong = HttpMLClient(cluster["url"], "x" * 64)
+        assert not await wrong.reachable()  # readiness says so too
+        await wrong.info()
 
     with pytest.raises(MLUnavailable, match="refused our shared secret"):
         asyncio.run(run())

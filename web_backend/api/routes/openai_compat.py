@@ -75,7 +75,7 @@ class JobFailed(ServiceError):
 
 async def _models(services: Services) -> dict[str, Any]:
     try:
-        info = await services.ml.info()
+        info = services.ml.known_info() or await services.ml.info()
     except MLUnavailable:
         raise ServiceUnavailable("the image service is not reachable right now; retry "
                                  "shortly", retry_after_s=30) from None

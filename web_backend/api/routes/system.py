@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import logging
 from typing import Any
@@ -58,14 +59,17 @@ def _database_ok(services: ServicesDep) -> str:
 @router.get("/readyz", response_model=Readiness, responses={503: {
     "model": Readiness, "description": "A dependency is down: `checks` says which."}})
 async def readyz(services: ServicesDep) -> JSONResponse:
-    """Readiness: database and ML side reachable (and Redis, when configured)."""
+    """Readiness: database and ML side reachable (and Redis, when configured). The ML
+    side is asked through its cluster or door only, never a Generator replica: a probe
+    every few seconds must not keep a GPU deployment from scaling to zero."""
     checks: dict[str, str] = {"database": await run_in_threadpool(_database_ok, services)}
     try:
-        await services.ml.info()
-        checks["ml"] = "ok"
-    except MLUnavailable as exc:
-        log.warning("readiness: ML side unreachable: %s", exc)
-        checks["ml"] = "unreachable"
+        reachable = await asyncio.wait_for(services.ml.reachable(), 10)
+    except TimeoutError:
+        reachable = False
+    if not reachable:
+        log.warning("readiness: ML side unreachable")
+    checks["ml"] = "ok" if reachable else "unreachable"
     if services.limiter.shared:
         try:
             checks["redis"] = "ok" if await run_in_threadpool(services.limiter.ping) else "down"
@@ -82,7 +86,7 @@ async def readyz(services: ServicesDep) -> JSONResponse:
 async def models(services: ServicesDep) -> dict[str, Any]:
     """The generators the ML side serves, with their defaults."""
     try:
-        info = await services.ml.info()
+        info = services.ml.known_info() or await services.ml.info()
     except MLUnavailable as exc:
         log.warning("models: ML side unreachable: %s", exc)
         raise ServiceUnavailable("the image service is not reachable right now; jobs are "
