@@ -159,7 +159,9 @@ class Dispatcher:
         try:
             await self._settle(claim, await self._attempt(claim))
         except LeaseLost:
-            log.warning("job %s: lease lost to another dispatcher; dropping it", claim.job_id)
+            log.warning("job %s: lease lost (another dispatcher, or the job was deleted); "
+                        "dropping it", claim.job_id)
+            await self.blobs.forget_if_gone(claim.job_id)  # what we stored for a deleted job
         except _StoreDown as exc:
             log.warning("job %s: %s; waiting for the store", claim.job_id, exc)
             with contextlib.suppress(LeaseLost):

@@ -1,5 +1,6 @@
 """The retention sweeper: finished jobs and their pictures go ``CLIPGAN_RESULT_RETENTION_DAYS``
-after they end, and uploads a crash left pinned go after an hour.
+after they end, and pins a crash left (an upload never queued, a deleted job's
+preview stored by a dispatcher that died before it heard) go after an hour.
 
 Every web process runs one; a lease (``core.leases``) lets one at a time work, and
 another take over when it dies. Work is done in batches (one transaction and one
@@ -42,7 +43,7 @@ UPLOADS_KEPT = timedelta(hours=1)
 @dataclass
 class Swept:
     jobs: int = 0           # finished jobs deleted
-    uploads: int = 0        # stale upload pins let go
+    uploads: int = 0        # stale pins let go (uploads, deleted jobs')
     blobs: int = 0          # blobs deleted (rows and objects)
 
 
@@ -121,6 +122,7 @@ class RetentionSweeper:
                     deleted, released = removal.delete_finished(session, due)
                 uploads = refs.stale_uploads(session, before=now - UPLOADS_KEPT,
                                              limit=self.batch)
+                uploads += refs.ownerless(session, before=now - UPLOADS_KEPT, limit=self.batch)
                 released += refs.release(session, uploads)
                 session.commit()
                 return len(deleted), len(uploads), released

@@ -76,6 +76,16 @@ class BlobKeeper:
             log.warning("references of %s kept for later (%s: %s)", owner,
                         type(exc).__name__, exc)
 
+    async def forget_if_gone(self, owner: str) -> None:
+        """Job ``owner`` was deleted while something of it was being stored: let its
+        references go (nothing if the job still exists). Best effort: never raises."""
+        try:
+            await self._in_transaction(
+                lambda session: refs.doomed(session, refs.release_if_gone(session, owner)))
+        except Exception as exc:  # the retention sweeper finds them later
+            log.warning("references of deleted job %s kept for later (%s: %s)", owner,
+                        type(exc).__name__, exc)
+
     async def _in_transaction(self, pick: Callable[[Session], list[str]]) -> int:
         """``pick`` locks and deletes rows; their objects go before the commit."""
         session = self.sessions()

@@ -29,8 +29,9 @@ from sqlalchemy.orm import Session
 
 from web_backend.core.models import Blob, BlobRef, Job, utcnow
 
-__all__ = ["UPLOAD_PREFIX", "adopt", "doomed", "hand_over", "pin", "release", "release_jobs_of",
-           "release_stale", "stale_uploads", "unreferenced_rows", "usage_by_user"]
+__all__ = ["UPLOAD_PREFIX", "adopt", "doomed", "hand_over", "ownerless", "pin", "release",
+           "release_if_gone", "release_jobs_of", "release_stale", "stale_uploads",
+           "unreferenced_rows", "usage_by_user"]
 
 UPLOAD_PREFIX = "upload:"  # the owner of an image prompt stored before its job exists
 
@@ -96,6 +97,14 @@ def release_stale(session: Session, job_id: str) -> list[str]:
     return release(session, [job_id], keep=keep)
 
 
+def release_if_gone(session: Session, owner: str) -> list[str]:
+    """The references of job ``owner`` if the job no longer exists (deleted while its
+    dispatcher was still storing a preview or its picture); returns their keys."""
+    gone = ~exists().where(Job.id == owner)
+    return sorted(set(session.scalars(delete(BlobRef).where(BlobRef.owner == owner, gone)
+                                      .returning(BlobRef.key)).all()))
+
+
 def doomed(session: Session, keys: Iterable[str]) -> list[str]:
     """Of ``keys``, the blobs nothing refers to: their rows locked and deleted here. The
     caller deletes their objects, then commits (rolling back keeps the rows)."""
@@ -142,6 +151,17 @@ def adopt(session: Session, blobs: Mapping[str, int]) -> None:
     now = utcnow()
     _insert_ignoring_conflicts(session, Blob, [
         {"key": key, "size": size, "created_at": now} for key, size in sorted(blobs.items())])
+
+
+def ownerless(session: Session, *, before: datetime, limit: int) -> list[str]:
+    """Job owners of references pinned before ``before`` whose job is gone: what a
+    dispatcher that died between its pin and learning of the deletion left."""
+    uploads = and_(BlobRef.owner >= UPLOAD_PREFIX,
+                   BlobRef.owner < UPLOAD_PREFIX[:-1] + chr(ord(UPLOAD_PREFIX[-1]) + 1))
+    return list(session.scalars(
+        select(BlobRef.owner).where(~uploads, BlobRef.created_at < before,
+                                    ~exists().where(Job.id == BlobRef.owner))
+        .distinct().limit(limit)).all())
 
 
 def stale_uploads(session: Session, *, before: datetime, limit: int) -> list[str]:

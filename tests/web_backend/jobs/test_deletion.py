@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -243,3 +244,24 @@ def test_account_deletion_refusals(app: FastAPI, client: TestClient) -> None:
     limited = alice.delete_account(password=alice.password)
     assert limited.status_code == 429  # guessing is limited, like password changes
     assert alice.get("/v1/users/me").status_code == 200
+
+
+def test_an_account_deleted_while_its_job_runs_leaves_nothing_behind(
+        make_settings: Callable[..., WebSettings], ml_handle) -> None:
+    """The dispatcher is storing previews when the account goes: the search stops at its
+    next write, and what it stored for the deleted job is let go too."""
+    from tests.web_backend.helpers import wait_for
+    from web_backend.jobs.ml_client import HandleMLClient
+
+    settings = make_settings(dispatch={"lease_s": 5, "progress_interval_s": 0.05})
+    app = create_app(settings, ml_client=HandleMLClient(ml_handle))
+    with TestClient(app) as client:
+        alice = Account(client, "alice")
+        job = _submit(alice, steps=400, preview_every=1)
+        wait_for(alice, job, lambda j: j["preview_url"] is not None, timeout=60)
+        assert alice.delete_account().status_code == 204
+        deadline = time.monotonic() + 30
+        while (left := counts(app))["objects"] or left["blobs"] or left["blob_refs"]:
+            assert time.monotonic() < deadline, left
+            time.sleep(0.2)
+        assert left["jobs"] == left["users"] == 0

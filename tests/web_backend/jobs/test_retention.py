@@ -156,3 +156,22 @@ def test_storage_gc_dry_run_then_apply(app: FastAPI, alice: Account, tmp_path: P
     assert alice.get(f"/v1/jobs/{job}/image").content == png((4, 4, 4))  # referenced: kept
     again = subprocess.run(gc, capture_output=True, text=True, env=env, timeout=120)
     assert "0 without a row, 0 rows nothing refers to" in again.stderr
+
+
+def test_pins_of_jobs_that_are_gone_are_let_go(app: FastAPI, alice: Account) -> None:
+    """A dispatcher that died right after storing a preview for a job deleted meanwhile
+    left a pin no job holds: the sweeper lets it go after an hour."""
+    services = app.state.services
+    data = b"a preview of a deleted job"
+    with services.write_session_factory() as session:
+        refs.pin(session, "8d1c5a34-0000-4000-8000-000000000000", {blob_key(data): len(data)})
+        session.commit()
+    asyncio.run(services.blobs.store.put(blob_key(data), data))
+    own = app.state.retention
+    assert asyncio.run(own.sweep()).uploads == 0  # too recent: a dispatcher may be at it
+    with services.write_session_factory() as session:
+        session.execute(update(BlobRef).values(created_at=utcnow() - timedelta(hours=2)))
+        session.commit()
+    swept = asyncio.run(own.sweep())
+    assert (swept.uploads, swept.blobs) == (1, 1)
+    assert not asyncio.run(services.blobs.store.exists(blob_key(data)))
