@@ -223,6 +223,11 @@ def test_deleting_an_account_takes_everything_of_theirs(hooked_app) -> None:
     assert bob.get(f"/v1/jobs/{bobs['job']}/image").content == shared
 
     admin = make_admin(app, Account(client, "root"))
+    # storage per user: bob's picture and preview (the picture counts once per account)
+    stored = len(shared) + len(png((bob.id, 5, 5)))
+    assert bob.get("/v1/users/me").json()["storage_bytes"] == stored
+    listed = {u["username"]: u for u in admin.get("/v1/admin/users").json()}
+    assert listed["bob"]["storage_bytes"] == stored and listed["root"]["storage_bytes"] == 0
     assert admin.delete(f"/v1/admin/users/{bob.id}").status_code == 204
     _refused_everywhere(client, bobs)
     final = counts(app)
