@@ -123,7 +123,7 @@ def test_users_create_and_db_commands(tmp_path: Path) -> None:
     down = run("db", "downgrade", "base", CLIPGAN_ENV="prod")
     assert down.returncode == 0 and "revision None" in down.stderr
     up = run("db", "upgrade", CLIPGAN_ENV="prod")
-    assert up.returncode == 0 and "revision 0008" in up.stderr
+    assert up.returncode == 0 and "revision 0009" in up.stderr
     no_secret = run("web", "--port", "1", CLIPGAN_ENV="prod")  # what signs tokens refuses
     assert no_secret.returncode == 2 and "CLIPGAN_SECRET_KEY is not set" in no_secret.stderr
 

@@ -74,7 +74,9 @@ def wait_for(account: Account, job_id: str, predicate: Callable[[dict], bool],
 def make_admin(app: FastAPI, account: Account) -> Account:
     from web_backend.core.models import User
 
-    with app.state.services.session_factory() as session:
+    # a writing session: on SQLite it waits its turn behind the app's own background
+    # writers (a read that turns into a write would fail at once instead)
+    with app.state.services.write_session_factory() as session:
         session.get(User, account.id).is_admin = True
         session.commit()
     return account

@@ -72,6 +72,12 @@ class RetentionSweeper:
         self._stop = asyncio.Event()
         try:
             while not self._stop.is_set():
+                # first pass one interval after start: a starting process (or a test app)
+                # has nothing due that cannot wait, and no write of ours competes with it
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), self.every_s)
+                if self._stop.is_set():
+                    break
                 try:
                     swept = await self.sweep()
                     if swept.jobs or swept.uploads:
@@ -79,8 +85,6 @@ class RetentionSweeper:
                                  swept.jobs, swept.uploads, swept.blobs)
                 except Exception as exc:  # the database or the store is away: next pass
                     log.warning("retention sweep failed (%s: %s)", type(exc).__name__, exc)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stop.wait(), self.every_s)
         finally:
             with contextlib.suppress(Exception):
                 await asyncio.to_thread(self._session_call, leases.release, LEASE, self.owner)

@@ -5,8 +5,8 @@ shared tab, fifty tabs on one job). Two kinds of view are kept:
 
 * **finished**: a job that succeeded, failed or was cancelled, whose webhook (if any)
   has settled (deliveries still move after the job ends), never changes again but
-  can be deleted. Kept until evicted (least recently read first) or deleted (heard
-  like a change).
+  can be deleted. Kept until evicted (least recently read first), deleted (heard
+  like a change) or the feed is lost (a deletion may go unheard).
 * **active**: a queued or running job without a webhook, kept for at most
   ``active_max_age_s`` and dropped as soon as this process hears that the job changed:
   its own commits at once (:func:`web_backend.core.changes.announce_commits`),
@@ -157,9 +157,11 @@ class KeptViews:
                 self._refuse_earlier_reads()  # bounded: what it forgot is no longer known
 
     def forget_active(self) -> None:
-        """Changes may go unheard (the feed is lost): keep no active view from before."""
+        """Changes and deletions may go unheard (the feed is lost): keep no view from
+        before, finished ones included (one may have been deleted meanwhile)."""
         with self._lock:
             self._active.clear()
+            self._finished.clear()
             self._refuse_earlier_reads()
 
     def _refuse_earlier_reads(self) -> None:

@@ -145,8 +145,9 @@ def test_a_retried_request_waits_for_the_first_attempts_jobs(
         except openai.InternalServerError as exc:  # 504 three times: still no duplicate
             assert exc.status_code == 504 and "still being made" in str(exc)
         assert len(served.jobs(auth)) == 1
-        again = client.images.generate(prompt="slow", response_format="b64_json",
-                                       extra_body={"steps": 40, "seed": 1})
+        patient = served.sdk(key, max_retries=10)  # its retries wait for its own job
+        again = patient.images.generate(prompt="slow", response_format="b64_json",
+                                        extra_body={"steps": 40, "seed": 1})
         assert len(again.data) == 1 and len(served.jobs(auth)) == 2  # a new request: new job
     finally:
         served.stop()

@@ -36,7 +36,7 @@ def _token() -> str:
                                        "password": "fuzzing-password"})
         from web_backend.core.models import User
 
-        with _APP.state.services.session_factory() as session:
+        with _APP.state.services.write_session_factory() as session:
             user = session.query(User).filter_by(username="fuzzer").one()
             user.is_admin = True
             session.commit()

@@ -30,7 +30,8 @@ from web_backend.storage.blobs import blob_key
 
 @pytest.fixture
 def app(make_settings: Callable[..., WebSettings]) -> FastAPI:
-    """Pictures kept 3 days; the app's own sweeper (started with it) holds the lease."""
+    """Pictures kept 3 days; the app's own sweeper runs an hour after start (the tests
+    call its ``sweep`` themselves)."""
     app = create_app(make_settings(limits={"max_active_jobs": 50, "submissions_per_minute": 100},
                                    data={"result_retention_days": 3,
                                          "retention_interval_s": 3600}))
@@ -75,13 +76,15 @@ def test_old_pictures_expire_in_batches_by_one_sweeper(app: FastAPI, alice: Acco
     asyncio.run(app.state.services.blobs.store.put(blob_key(b"upload"), b"upload"))
     before = counts(app)
 
-    other = _sweeper(app, "another process")
-    assert asyncio.run(other.sweep()).jobs == 0  # the app's sweeper holds the lease
     own = app.state.retention
     own.batch = 2
     swept = asyncio.run(own.sweep())
     assert (swept.jobs, swept.uploads) == (5, 1)
     assert swept.blobs == 5  # four old pictures and the upload; the shared one stays
+    _age(app, recent, days=10)
+    other = _sweeper(app, "another process")
+    assert asyncio.run(other.sweep()).jobs == 0  # the app's sweeper holds the lease
+    _age(app, recent, days=1)
 
     after = counts(app)
     assert before["jobs"] - after["jobs"] == 5
@@ -98,6 +101,7 @@ def test_another_process_takes_over_a_silent_sweepers_lease(app: FastAPI,
     jobs = _jobs(alice, 2)
     for job_id in jobs:
         finish(app, job_id, png((1, 1, 1)))
+    assert asyncio.run(app.state.retention.sweep()).jobs == 0  # nothing due; lease held
     _age(app, jobs[:1], days=10)
     other = _sweeper(app, "another process")
     assert asyncio.run(other.sweep()).jobs == 0  # the app's sweeper holds the lease

@@ -80,7 +80,7 @@ def test_an_event_is_one_line_for_any_line_reader(app: FastAPI, client: TestClie
     job = submit(alice, prompt="cat\u2028ears\u2029smile").json()
     assert job["request"]["prompt"] == "cat ears smile"  # stored as plain text
     error = Failure(code="invalid_request", message="part 'a\u2028b\x85c' is odd").public_message
-    with app.state.services.session_factory() as session:
+    with app.state.services.write_session_factory() as session:
         row = session.get(Job, job["id"])
         row.status, row.finished_at, row.error = "failed", utcnow(), error
         session.commit()

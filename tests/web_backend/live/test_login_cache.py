@@ -115,7 +115,7 @@ def test_an_active_view_read_before_a_change_is_not_kept_after_it() -> None:
     assert views.get("j1") is None
 
 
-def test_active_views_age_out_and_go_with_the_feed_finished_ones_stay() -> None:
+def test_active_views_age_out_finished_ones_stay_until_deleted_or_the_feed_is_lost() -> None:
     clock = Clock()
     views = KeptViews(active_max_age_s=1.0, clock=clock)
     views.put(7, _job("running"), read_at=views.generation())
@@ -129,12 +129,16 @@ def test_active_views_age_out_and_go_with_the_feed_finished_ones_stay() -> None:
     assert views.get("j1") is None and views.active == 0
     assert views.put(7, _job("running"), read_at=read_at) is None
     finished = _job("succeeded")
-    views.put(7, finished, read_at=read_at)  # a finished job cannot change: kept anyway
+    assert views.put(7, finished, read_at=read_at) is None  # read before: it may be deleted
+    views.put(7, finished, read_at=views.generation())  # read since: kept, whatever its age
     clock.now += 3600
-    views.forget(["j1"])
-    views.forget_active()
     kept = views.get("j1")
     assert kept is not None and kept.owner_id == 7 and b'"status":"succeeded"' in kept.head
+    views.forget(["j1"])  # deleted (heard like a change): gone
+    assert views.get("j1") is None
+    views.put(7, finished, read_at=views.generation())
+    views.forget_active()  # the feed is lost: a deletion may go unheard
+    assert views.get("j1") is None
 
 
 def test_views_that_could_change_unannounced_are_not_kept() -> None:
