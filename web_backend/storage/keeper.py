@@ -69,21 +69,18 @@ class BlobKeeper:
     async def forget(self, owner: str) -> None:
         """``owner`` refers to nothing any more (an upload whose submission failed);
         its blobs go unless another owner refers to them. Best effort: never raises."""
-        try:
-            await self._in_transaction(
-                lambda session: refs.doomed(session, refs.release(session, [owner])))
-        except Exception as exc:  # the pin stays for clipgan storage gc
-            log.warning("references of %s kept for later (%s: %s)", owner,
-                        type(exc).__name__, exc)
+        await self._let_go(owner, lambda session: refs.release(session, [owner]))
 
     async def forget_if_gone(self, owner: str) -> None:
         """Job ``owner`` was deleted while something of it was being stored: let its
         references go (nothing if the job still exists). Best effort: never raises."""
+        await self._let_go(owner, lambda session: refs.release_if_gone(session, owner))
+
+    async def _let_go(self, owner: str, release: Callable[[Session], list[str]]) -> None:
         try:
-            await self._in_transaction(
-                lambda session: refs.doomed(session, refs.release_if_gone(session, owner)))
-        except Exception as exc:  # the retention sweeper finds them later
-            log.warning("references of deleted job %s kept for later (%s: %s)", owner,
+            await self._in_transaction(lambda session: refs.doomed(session, release(session)))
+        except Exception as exc:  # the pin stays: the retention sweeper or gc finds it later
+            log.warning("references of %s kept for later (%s: %s)", owner,
                         type(exc).__name__, exc)
 
     async def _in_transaction(self, pick: Callable[[Session], list[str]]) -> int:

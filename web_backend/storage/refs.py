@@ -23,7 +23,7 @@ from __future__ import annotations
 from collections.abc import Collection, Iterable, Mapping
 from datetime import datetime
 
-from sqlalchemy import and_, delete, exists, func, select
+from sqlalchemy import ColumnElement, and_, delete, exists, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -153,11 +153,16 @@ def adopt(session: Session, blobs: Mapping[str, int]) -> None:
         {"key": key, "size": size, "created_at": now} for key, size in sorted(blobs.items())])
 
 
+def _upload_owners() -> ColumnElement[bool]:
+    """Owners that are uploads: a range the primary key's index serves (not a LIKE)."""
+    return and_(BlobRef.owner >= UPLOAD_PREFIX,
+                BlobRef.owner < UPLOAD_PREFIX[:-1] + chr(ord(UPLOAD_PREFIX[-1]) + 1))
+
+
 def ownerless(session: Session, *, before: datetime, limit: int) -> list[str]:
     """Job owners of references pinned before ``before`` whose job is gone: what a
     dispatcher that died between its pin and learning of the deletion left."""
-    uploads = and_(BlobRef.owner >= UPLOAD_PREFIX,
-                   BlobRef.owner < UPLOAD_PREFIX[:-1] + chr(ord(UPLOAD_PREFIX[-1]) + 1))
+    uploads = _upload_owners()
     return list(session.scalars(
         select(BlobRef.owner).where(~uploads, BlobRef.created_at < before,
                                     ~exists().where(Job.id == BlobRef.owner))
@@ -167,7 +172,6 @@ def ownerless(session: Session, *, before: datetime, limit: int) -> list[str]:
 def stale_uploads(session: Session, *, before: datetime, limit: int) -> list[str]:
     """Upload pins older than ``before``: their submission died between storing the image
     prompt and queueing its job (a crash, the database away)."""
-    uploads = and_(BlobRef.owner >= UPLOAD_PREFIX,  # a range the primary key's index serves
-                   BlobRef.owner < UPLOAD_PREFIX[:-1] + chr(ord(UPLOAD_PREFIX[-1]) + 1))
+    uploads = _upload_owners()
     return list(session.scalars(select(BlobRef.owner).where(uploads, BlobRef.created_at < before)
                                 .distinct().limit(limit)).all())
