@@ -45,8 +45,10 @@ class _StoreDown(Exception):
 class Dispatcher:
     """Claims queued jobs and streams them through the ML side until ``stop()``.
 
-    ``capacity``: jobs at once. By default the ML side's own figure (its ``info()``
-    reports ``capacity``), else ``CLIPGAN_ML_SLOTS``. The figure is asked for only while
+    ``capacity``: jobs at once. By default the whole deployment's figure as the Serve
+    controller has it (``max_ongoing_requests`` x ``max_replicas``: at zero replicas
+    too, so a burst is sent at once and Serve scales to it), else what the ML side's
+    ``info()`` last reported, else ``CLIPGAN_ML_SLOTS``. ``info()`` is asked only while
     this dispatcher has jobs running there (the replicas are up anyway): an idle
     dispatcher makes no call that could start a replica of a deployment at zero.
     """
@@ -74,6 +76,7 @@ class Dispatcher:
         self._wake = asyncio.Event()  # a job was queued in this process: claim now
         self._loop: asyncio.AbstractEventLoop | None = None
         self._capacity_checked = -settings.capacity_refresh_s
+        self._info_task: asyncio.Task[None] | None = None
         self.executions = 0  # ML calls started by this dispatcher (tests count them)
 
     @property
@@ -89,18 +92,29 @@ class Dispatcher:
         return await asyncio.to_thread(run)
 
     async def _refresh_capacity(self) -> None:
-        """Learn the ML side's capacity: from what is known without asking, and by asking
-        only while a job of ours runs there (asking a deployment at zero starts a GPU)."""
-        if self._fixed_capacity:
-            return
-        known = self.ml.known_info()
-        if not self._tasks or (time.monotonic() - self._capacity_checked
-                               < self.settings.capacity_refresh_s):
-            self._use_capacity(known)
+        """Learn the ML side's capacity every ``capacity_refresh_s`` from the Serve
+        controller (or what is known), which wakes nothing. While a job of ours runs
+        there (the replicas are up anyway) also ask the ML side itself, in the
+        background: its answer is the model catalog ``/v1/models`` shows without asking
+        a deployment that may be at zero, and the capacity where no controller answers."""
+        due = time.monotonic() - self._capacity_checked >= self.settings.capacity_refresh_s
+        if (self._tasks and (due or self.ml.known_info() is None)
+                and (self._info_task is None or self._info_task.done())):
+            self._info_task = asyncio.create_task(self._learn_info())
+        if not due:
             return
         self._capacity_checked = time.monotonic()
+        if self._fixed_capacity:
+            return
+        capacity = await self.ml.capacity()
+        if capacity:
+            self.throughput.capacity = capacity
+
+    async def _learn_info(self) -> None:
         with contextlib.suppress(MLUnavailable):
-            self._use_capacity(await self.ml.info())
+            info = await self.ml.info()
+            if not self._fixed_capacity and not await self.ml.capacity():
+                self._use_capacity(info)
 
     def _use_capacity(self, info: dict[str, Any] | None) -> None:
         reported = (info or {}).get("capacity")
@@ -139,7 +153,7 @@ class Dispatcher:
                     # other processes' submissions are found by polling
                     await asyncio.wait_for(self._wake.wait(), self.settings.poll_s)
         finally:
-            for task in list(self._tasks):
+            for task in [*self._tasks, *([self._info_task] if self._info_task else [])]:
                 task.cancel()
             await asyncio.gather(*self._tasks, return_exceptions=True)
 

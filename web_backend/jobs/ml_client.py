@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any, Protocol
@@ -32,6 +33,7 @@ __all__ = ["HandleMLClient", "HttpMLClient", "MLClient", "MLUnavailable", "NoMLC
 
 _MESSAGE: TypeAdapter[Progress | Result | Failure] = TypeAdapter(StreamMessage)
 Message = Progress | Result | Failure
+log = logging.getLogger(__name__)
 
 
 class MLUnavailable(Exception):
@@ -41,11 +43,12 @@ class MLUnavailable(Exception):
 class MLClient(Protocol):
     """How the web side reaches the ML side. Only ``generate``, ``sample`` and ``info``
     reach a Generator replica (and start one when the deployment is at zero);
-    ``reachable`` and ``known_info`` never do, so probes and idle processes let it
-    scale to zero."""
+    ``reachable``, ``known_info`` and ``capacity`` never do, so probes and idle
+    processes let it scale to zero."""
 
     async def info(self) -> dict[str, Any]: ...
     def known_info(self) -> dict[str, Any] | None: ...
+    async def capacity(self) -> int | None: ...
     async def reachable(self) -> bool: ...
     async def sample(self, request: GenerationRequest) -> Result | Failure: ...
     def generate(self, request: GenerationRequest) -> AsyncIterator[Message]: ...
@@ -64,6 +67,9 @@ class NoMLClient:
         raise MLUnavailable(self._WHY)
 
     def known_info(self) -> dict[str, Any] | None:
+        return None
+
+    async def capacity(self) -> int | None:
         return None
 
     async def reachable(self) -> bool:
@@ -145,6 +151,19 @@ class HandleMLClient:
 
     def known_info(self) -> dict[str, Any] | None:
         return self._info.known()
+
+    async def capacity(self) -> int | None:
+        """Searches the whole deployment may run at once (``max_ongoing_requests`` x
+        ``max_replicas``), as the Serve controller has it: right at zero replicas, and
+        while every replica is busy (an ``info`` call would queue behind the jobs)."""
+        try:
+            handle = await self._handle()
+            return await asyncio.wait_for(
+                asyncio.to_thread(_controller_capacity, handle), self._timeout_s)
+        except Exception as exc:  # a handle that is not Serve's (tests), a controller away
+            log.debug("no capacity from the Serve controller: %s", exc)
+            reported = (self.known_info() or {}).get("capacity")
+            return reported if isinstance(reported, int) else None
 
     async def reachable(self) -> bool:
         """The cluster answers (a handle from its Serve controller); no replica is asked."""
@@ -292,6 +311,31 @@ class HttpMLClient:
 
     async def aclose(self) -> None:
         await self._client.aclose()
+
+    async def capacity(self) -> int | None:
+        """What the ingress last reported (its controller is not ours to ask)."""
+        reported = (self.known_info() or {}).get("capacity")
+        return reported if isinstance(reported, int) else None
+
+
+def _controller_capacity(handle: Any) -> int | None:
+    """``max_ongoing_requests`` x ``max_replicas`` of the handle's deployment, from the
+    Serve controller's record of the deployed config (a controller call, no replica).
+    None without a connected Ray (Serve's local testing mode): asking would start one."""
+    import ray
+    from ray.serve.context import _get_global_client
+
+    if not ray.is_initialized():
+        return None
+    client = _get_global_client(raise_if_no_controller_running=False)
+    if client is None:
+        return None
+    details = client.get_serve_details()
+    deployment = details["applications"][handle.app_name]["deployments"][
+        handle.deployment_name]["deployment_config"]
+    autoscaling = deployment.get("autoscaling_config") or {}
+    replicas = autoscaling.get("max_replicas") or deployment.get("num_replicas") or 1
+    return int(deployment["max_ongoing_requests"]) * int(replicas)
 
 
 def _connect_to_ray(address: str, app_name: str) -> Callable[[], Any]:

@@ -8,6 +8,7 @@ does, and once it is done the replica goes back to zero and stays there.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -68,7 +69,12 @@ def test_idle_stays_at_zero_and_the_first_job_wakes_it(
         idle_cluster: object, make_settings: Callable[..., WebSettings]) -> None:
     assert _replicas() == 0  # a deploy with min_replicas 0 starts no GPU
     settings = make_settings(dispatch={"capacity_refresh_s": REFRESH_S, "poll_s": 0.2})
-    app = create_app(settings, ml_client=HandleMLClient(idle_cluster, info_ttl_s=0.5))
+    ml = HandleMLClient(idle_cluster, info_ttl_s=0.5)
+    # the whole deployment's capacity (8 slots x max_replicas 1), from the controller,
+    # at zero replicas: the dispatcher sends a burst at once and Serve scales to it
+    assert asyncio.run(ml.capacity()) == 8
+    assert _replicas() == 0
+    app = create_app(settings, ml_client=ml)
     with TestClient(app) as client:
         alice = Account(client, "alice")
         quiet_until = time.monotonic() + 6 * REFRESH_S + 2
