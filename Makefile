@@ -42,6 +42,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/lint-imports
 	$(VENV)/bin/mypy
+	$(VENV)/bin/hadolint deploy/node-image/Dockerfile
 
 bench: $(STAMP)
 	$(PY) bench/generator.py

@@ -92,6 +92,7 @@ class FakeCluster:
     cluster: dict[str, Any]
     head: subprocess.Popen
     log: Any
+    token: str
     extra: list[subprocess.Popen] = field(default_factory=list)
 
     @property
@@ -114,8 +115,10 @@ class FakeCluster:
             idle_timeout_minutes=idle_timeout_minutes)))
         head_type = cluster["head_node_type"]
         head_resources = dict(cluster["available_node_types"][head_type]["resources"])
+        token = secrets.token_hex(32)  # Ray's token authentication, on as in production
         env = {k: v for k, v in os.environ.items()
                if not k.startswith(("CLIPGAN_", "RAY_"))}
+        env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token)
         env.update(  # what `ray up` puts in the head's start command, plus the fake cloud's
             RAY_enable_autoscaler_v2="1", RAY_CLOUD_INSTANCE_ID=FAKE_HEAD_NODE_ID,
             RAY_NODE_TYPE_NAME=head_type, RAY_OVERRIDE_NODE_ID_FOR_TESTING=FAKE_HEAD_NODE_ID,
@@ -132,7 +135,7 @@ class FakeCluster:
              f"--autoscaling-config={config_path}", "--disable-usage-stats"],
             env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
             cwd=ROOT)
-        self = cls(root=root, gcs_port=port, cluster=cluster, head=head, log=log)
+        self = cls(root=root, gcs_port=port, cluster=cluster, head=head, log=log, token=token)
         try:
             self._until(lambda: (self.state_dir / LEDGER_FILE).exists(),
                         "the autoscaler's provider to start", timeout=90)
@@ -184,9 +187,11 @@ class FakeCluster:
             "client = serve_start(http_options=config.http_options.model_dump(),\n"
             "                     proxy_location=config.proxy_location)\n"
             "client.deploy_apps(config, _blocking=False)\n")
-        subprocess.run([sys.executable, "-c", script, self.address, str(path)],
-                       check=True, env=self._env(), cwd=ROOT, timeout=180,
-                       capture_output=True)
+        done = subprocess.run([sys.executable, "-c", script, self.address, str(path)],
+                              env=self._env(), cwd=ROOT, timeout=180, capture_output=True,
+                              text=True)
+        if done.returncode != 0:
+            raise AssertionError(f"serve deploy failed:\n{done.stderr[-4000:]}")
         return config
 
     def start_web(self, data_dir: Path, **settings: str) -> WebNode:
@@ -197,22 +202,17 @@ class FakeCluster:
         self.extra.append(node.proc)
         return node
 
-    def serve_status(self) -> dict[str, Any]:
-        """Replica states of the Generator as the Serve controller sees them."""
-        script = (
-            "import json, sys, ray\nfrom ray import serve\n"
-            "ray.init(address=sys.argv[1], namespace='serve', log_to_driver=False)\n"
-            "app = serve.status().applications.get('clipgan')\n"
-            "d = app.deployments.get('Generator') if app else None\n"
-            "print(json.dumps(dict(d.replica_states) if d else {}))\n")
-        out = subprocess.run([sys.executable, "-c", script, self.address], check=True,
-                             env=self._env(), cwd=ROOT, timeout=60, capture_output=True,
-                             text=True).stdout
-        return json.loads(out.strip().splitlines()[-1])
+    def watch_serve(self) -> ServeWatcher:
+        """A driver process that reports what the Serve controller sees, on request
+        (this test process never joins the cluster: Ray's state stays out of it)."""
+        watcher = ServeWatcher.start(self.address, self._env(), self.root / "watcher.log")
+        self.extra.append(watcher.proc)
+        return watcher
 
     def _env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("CLIPGAN_", "RAY_"))}
-        env.update(RAY_USAGE_STATS_ENABLED="0", PYTHONPATH=str(ROOT))
+        env.update(RAY_USAGE_STATS_ENABLED="0", PYTHONPATH=str(ROOT), RAY_AUTH_MODE="token",
+                   RAY_AUTH_TOKEN=self.token)
         return env
 
     # --- the end ---------------------------------------------------------------------
@@ -242,6 +242,44 @@ class FakeCluster:
             if time.monotonic() > deadline:
                 raise AssertionError(f"{what}: not within {timeout} s")
             time.sleep(0.5)
+
+
+_WATCHER = """
+import json, sys, ray
+from ray import serve
+ray.init(address=sys.argv[1], namespace="serve", log_to_driver=False,
+         _node_ip_address="127.0.0.1")
+for _ in sys.stdin:
+    app = serve.status().applications.get("clipgan")
+    generator = app.deployments.get("Generator") if app else None
+    print("@@" + json.dumps({
+        "app": str(getattr(app.status, "value", app.status)) if app else "MISSING",
+        "running": int(generator.replica_states.get("RUNNING", 0)) if generator else 0,
+    }), flush=True)
+"""
+
+
+@dataclass
+class ServeWatcher:
+    """Asks the Serve controller (never a replica) how the app and its replicas are."""
+
+    proc: subprocess.Popen
+
+    @classmethod
+    def start(cls, address: str, env: dict[str, str], log_path: Path) -> ServeWatcher:
+        proc = subprocess.Popen([sys.executable, "-c", _WATCHER, address], env=env, cwd=ROOT,
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                stderr=log_path.open("a"), text=True, start_new_session=True)
+        return cls(proc=proc)
+
+    def status(self) -> dict[str, Any]:
+        assert self.proc.stdin and self.proc.stdout
+        self.proc.stdin.write("?\n")
+        self.proc.stdin.flush()
+        while line := self.proc.stdout.readline():
+            if line.startswith("@@"):
+                return dict(json.loads(line[2:]))
+        raise AssertionError("the Serve watcher exited (its log: watcher.log)")
 
 
 @dataclass

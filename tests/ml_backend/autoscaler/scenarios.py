@@ -17,7 +17,7 @@ from typing import Any
 
 import httpx
 
-from tests.ml_backend.autoscaler.harness import FakeCluster, WebNode
+from tests.ml_backend.autoscaler.harness import FakeCluster, ServeWatcher, WebNode
 
 # Short versions of serve_config.yaml's delays (and of cluster.yaml's idle timeout, set
 # in FakeCluster.start): the behaviour is the file's, only minutes become seconds.
@@ -37,15 +37,12 @@ class Rig:
     cluster: FakeCluster
     web: WebNode
     user: httpx.Client
-    serve: Any  # ray.serve, connected to the cluster from this process
+    serve: ServeWatcher
     web_data: Path
     log: list[str] = field(default_factory=list)
 
     @classmethod
     def start(cls, workdir: Path) -> Rig:
-        import ray
-        from ray import serve
-
         cluster = FakeCluster.start(idle_timeout_minutes=0.1)
         try:
             cluster.deploy(data_dir=workdir / "ml-data", delays=DELAYS,
@@ -54,34 +51,26 @@ class Rig:
                                     capacity_refresh_s=str(CAPACITY_REFRESH_S),
                                     dispatch_poll_s="0.2", max_active_jobs="16",
                                     submissions_per_minute="120")
-            ray.init(address=cluster.address, namespace="serve", log_to_driver=False,
-                     _node_ip_address="127.0.0.1")
+            serve = cluster.watch_serve()
             rig = cls(cluster=cluster, web=web, user=web.client(), serve=serve,
                       web_data=workdir / "web-data")
             rig.until(lambda: rig.app_status() == "RUNNING", "the app deployed", 120)
             return rig
         except BaseException:
-            ray.shutdown()
             cluster.stop()
             raise
 
     def stop(self) -> None:
-        import ray
-
         self.user.close()
-        ray.shutdown()
         self.cluster.stop()
 
     # --- what the cluster is doing ------------------------------------------------------
     def app_status(self) -> str:
-        app = self.serve.status().applications.get("clipgan")
-        return str(getattr(app.status, "value", app.status)) if app else "MISSING"
+        return str(self.serve.status()["app"])
 
     def replicas(self) -> int:
         """Generator replicas RUNNING, as the Serve controller sees them (asks no replica)."""
-        app = self.serve.status().applications.get("clipgan")
-        deployment = app.deployments.get("Generator") if app else None
-        return int(deployment.replica_states.get("RUNNING", 0)) if deployment else 0
+        return int(self.serve.status()["running"])
 
     def gpu_nodes(self) -> dict[str, dict[str, Any]]:
         return self.cluster.gpu_instances()
