@@ -108,7 +108,8 @@ def build_services(settings: WebSettings, ml_client: MLClient | None = None) -> 
                        sessions=write_session_factory)
     limiter = RateLimiter(settings.data.redis_url)
     throughput = Throughput(capacity=settings.ml.slots,
-                            default_job_s=settings.ml.default_job_seconds)
+                            default_job_s=settings.ml.default_job_seconds,
+                            cold_start_s=settings.ml.cold_start_s)
     services = Services(
         settings=settings, engine=engine, session_factory=session_factory,
         metrics=Metrics(session_factory), write_session_factory=write_session_factory,

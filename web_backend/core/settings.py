@@ -269,6 +269,9 @@ class MLClientSettings(_Group):
         "Jobs the ML side runs at once, until it says (its info() reports capacity)."))
     default_job_seconds: float = var("DEFAULT_JOB_SECONDS", 30.0, gt=0, description=(
         "ETA guess before any job has finished."))
+    cold_start_s: float = var("COLD_START_S", 60.0, gt=0, description=(
+        "Expected wait for a GPU replica when the ML side is at zero (docs/operations.md "
+        "has the budget), shown until this process has timed a start itself."))
 
     @model_validator(mode="after")
     def _http_needs_an_address(self) -> MLClientSettings:

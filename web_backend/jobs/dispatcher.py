@@ -92,23 +92,28 @@ class Dispatcher:
         return await asyncio.to_thread(run)
 
     async def _refresh_capacity(self) -> None:
-        """Learn the ML side's capacity every ``capacity_refresh_s`` from the Serve
-        controller (or what is known), which wakes nothing. While a job of ours runs
-        there (the replicas are up anyway) also ask the ML side itself, in the
-        background: its answer is the model catalog ``/v1/models`` shows without asking
-        a deployment that may be at zero, and the capacity where no controller answers."""
-        due = time.monotonic() - self._capacity_checked >= self.settings.capacity_refresh_s
-        if (self._tasks and (due or self.ml.known_info() is None)
-                and (self._info_task is None or self._info_task.done())):
-            self._info_task = asyncio.create_task(self._learn_info())
-        if not due:
+        """Learn the ML side's capacity and running replicas every ``capacity_refresh_s``
+        from the Serve controller (or what is known), which wakes nothing. While a job of
+        ours runs there (the replicas are up anyway) also ask the ML side itself, in the
+        background (and as soon as a job gets its first answer while the catalog is
+        unknown): its answer is the model catalog ``/v1/models`` shows without asking a
+        deployment that may be at zero, and the capacity where no controller answers."""
+        if time.monotonic() - self._capacity_checked < self.settings.capacity_refresh_s:
             return
+        if self._tasks:
+            self._learn_info_soon()
         self._capacity_checked = time.monotonic()
+        self.throughput.replicas = await self.ml.replicas()
         if self._fixed_capacity:
             return
         capacity = await self.ml.capacity()
         if capacity:
             self.throughput.capacity = capacity
+
+    def _learn_info_soon(self) -> None:
+        """Ask the ML side's ``info`` in the background (once at a time)."""
+        if self._info_task is None or self._info_task.done():
+            self._info_task = asyncio.create_task(self._learn_info())
 
     async def _learn_info(self) -> None:
         with contextlib.suppress(MLUnavailable):
@@ -224,7 +229,13 @@ class Dispatcher:
         if request.is_sample:
             return await self.ml.sample(request)
         last_write = 0.0
+        cold_since = time.monotonic() if self.throughput.at_zero else None
         async for message in self.ml.generate(request):
+            if cold_since is not None:  # the first answer: a replica is up, and took this
+                self.throughput.timed_cold_start(time.monotonic() - cold_since)
+                cold_since = None
+            if self.ml.known_info() is None:  # a replica answers now: learn the catalog
+                self._learn_info_soon()
             if not isinstance(message, Progress):
                 return message
             final = message.step >= message.total

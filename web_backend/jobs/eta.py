@@ -1,11 +1,12 @@
-"""How fast the queue moves: the ETA's two inputs.
+"""How fast the queue moves: the ETA's inputs.
 
 A queued job's ETA is (jobs ahead / jobs run at once + 1) x the time one job takes;
 a running job's is what is left of that time. Both inputs are kept here, in one object
 per process: how many jobs the ML side runs at once (configured, or what the ML side
 reports, set by the dispatcher) and the mean run time of recent jobs (read from the
 database at most every few seconds: every status read of an active job needs it, and
-it moves only when a job finishes).
+it moves only when a job finishes). While the ML side is at zero replicas, a job's ETA
+also holds the wait for a GPU to start.
 """
 
 from __future__ import annotations
@@ -27,10 +28,15 @@ class Throughput:
     def __init__(self, *,
                  capacity:      int,            # jobs at once until the ML side says
                  default_job_s: float,          # the unit before any job has finished
+                 cold_start_s:  float = 60.0,   # a GPU replica's start, until one is timed
                  ttl_s:         float = 5.0,    # re-read the mean at most this often
                  clock:         Callable[[], float] = time.monotonic) -> None:
         self.capacity = capacity
         self.default_job_s = default_job_s
+        self.cold_start_s = cold_start_s
+        # Generator replicas running, as the Serve controller last said (the dispatcher
+        # asks it); None where nobody can tell (the ingress transport, no dispatcher).
+        self.replicas: int | None = None
         self.ttl_s = ttl_s
         self._clock = clock
         self._average: tuple[float, float] | None = None  # (seconds, when read)
@@ -53,6 +59,21 @@ class Throughput:
     def queued_eta(self, average_s: float, ahead: int) -> float:
         """Seconds until a job with ``ahead`` jobs before it is done."""
         return average_s * (1 + ahead // self.capacity)
+
+    @property
+    def at_zero(self) -> bool:
+        """Whether the ML side has no replica running: a job waits for a GPU to start."""
+        return self.replicas == 0
+
+    def timed_cold_start(self, seconds: float) -> None:
+        """A job that found the ML side at zero got its first progress after ``seconds``:
+        the next user waiting for a GPU is told that figure."""
+        self.cold_start_s = seconds
+        self.replicas = max(1, self.replicas or 0)
+
+    def starting_wait(self, waited_s: float) -> float:
+        """Seconds of a GPU start still ahead of a job that has waited ``waited_s``."""
+        return max(0.0, self.cold_start_s - waited_s)
 
     @staticmethod
     def running_eta(average_s: float, step: int, total: int) -> float:

@@ -49,6 +49,7 @@ class MLClient(Protocol):
     async def info(self) -> dict[str, Any]: ...
     def known_info(self) -> dict[str, Any] | None: ...
     async def capacity(self) -> int | None: ...
+    async def replicas(self) -> int | None: ...
     async def reachable(self) -> bool: ...
     async def sample(self, request: GenerationRequest) -> Result | Failure: ...
     def generate(self, request: GenerationRequest) -> AsyncIterator[Message]: ...
@@ -70,6 +71,9 @@ class NoMLClient:
         return None
 
     async def capacity(self) -> int | None:
+        return None
+
+    async def replicas(self) -> int | None:
         return None
 
     async def reachable(self) -> bool:
@@ -164,6 +168,17 @@ class HandleMLClient:
             log.debug("no capacity from the Serve controller: %s", exc)
             reported = (self.known_info() or {}).get("capacity")
             return reported if isinstance(reported, int) else None
+
+    async def replicas(self) -> int | None:
+        """Generator replicas running, as the Serve controller sees them (no replica is
+        asked); None where it cannot be told."""
+        try:
+            handle = await self._handle()
+            return await asyncio.wait_for(
+                asyncio.to_thread(_controller_replicas, handle), self._timeout_s)
+        except Exception as exc:
+            log.debug("no replica count from the Serve controller: %s", exc)
+            return None
 
     async def reachable(self) -> bool:
         """The cluster answers (a handle from its Serve controller); no replica is asked."""
@@ -312,6 +327,9 @@ class HttpMLClient:
     async def aclose(self) -> None:
         await self._client.aclose()
 
+    async def replicas(self) -> int | None:
+        return None  # the ingress does not say; the page shows no "starting a GPU"
+
     async def capacity(self) -> int | None:
         """What the ingress last reported (its controller is not ours to ask)."""
         reported = (self.known_info() or {}).get("capacity")
@@ -336,6 +354,21 @@ def _controller_capacity(handle: Any) -> int | None:
     autoscaling = deployment.get("autoscaling_config") or {}
     replicas = autoscaling.get("max_replicas") or deployment.get("num_replicas") or 1
     return int(deployment["max_ongoing_requests"]) * int(replicas)
+
+
+def _controller_replicas(handle: Any) -> int | None:
+    """RUNNING replicas of the handle's deployment, from the Serve controller's status."""
+    import ray
+    from ray import serve
+
+    if not ray.is_initialized():
+        return None
+    app = serve.status().applications.get(handle.app_name)
+    deployment = app.deployments.get(handle.deployment_name) if app else None
+    if deployment is None:
+        return None
+    states: dict[Any, int] = dict(deployment.replica_states)
+    return int(states.get("RUNNING", 0))
 
 
 def _connect_to_ray(address: str, app_name: str) -> Callable[[], Any]:

@@ -58,6 +58,10 @@ class JobOut(BaseModel):
         "any queue length), so it may also count jobs ahead that were cancelled or that "
         "started early; null once started."))
     eta_s: float | None = Field(description="Estimated seconds until the picture is ready.")
+    starting_gpu: bool = Field(False, description=(
+        "True while the job waits for a GPU to start: the image service was at zero "
+        "replicas when last asked, and the job has no progress yet. eta_s includes the "
+        "expected start (the last one timed, or CLIPGAN_COLD_START_S)."))
     seed: int | None
     error: str | None
     timings: dict[str, float] | None

@@ -10,7 +10,7 @@ from __future__ import annotations
 import base64
 import time
 from collections.abc import Iterable
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import and_, or_, select
@@ -46,6 +46,15 @@ def _deliveries(session: Session, jobs: Iterable[Job]) -> dict[str, list[Webhook
     """Webhook deliveries of the jobs that have a webhook, one query for all (or none)."""
     with_webhook = [job.id for job in jobs if job.webhook_url is not None]
     return deliveries_for(session, with_webhook) if with_webhook else {}
+
+
+def _seconds_since(moment: datetime | None) -> float:
+    """Seconds from ``moment`` (stored UTC; naive where the database drops the zone)."""
+    if moment is None:
+        return 0.0
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return max(0.0, (datetime.now(UTC) - moment).total_seconds())
 
 
 def _needed(session: Session | None) -> Session:
@@ -106,6 +115,7 @@ class JobViewer:
         ``head``: the queue's head number, when the caller read it. With all of these
         given, no ``session`` is needed (a new job's 202)."""
         position = eta = None
+        starting = job.status in _ACTIVE and job.progress_step == 0 and self.throughput.at_zero
         if job.webhook_url is not None and deliveries is None:
             deliveries = deliveries_for(_needed(session), (job.id,)).get(job.id, [])
         if job.status in _ACTIVE and average_s is None:
@@ -118,13 +128,17 @@ class JobViewer:
             eta = self.throughput.queued_eta(average_s, ahead)
         elif job.status is JobStatus.running and average_s is not None:
             eta = self.throughput.running_eta(average_s, job.progress_step, job.progress_total)
+        if starting and eta is not None:
+            waited = (_seconds_since(job.started_at) if job.status is JobStatus.running
+                      else 0.0)
+            eta += self.throughput.starting_wait(waited)
         return JobOut(
             id=job.id, status=job.status, created_at=job.created_at, started_at=job.started_at,
             finished_at=job.finished_at, request=job.request,
             progress=Progress(step=job.progress_step, total=job.progress_total,
                               score=job.score),
-            queue_position=position, eta_s=eta, seed=job.seed, error=job.error,
-            timings=job.timings,
+            queue_position=position, eta_s=eta, starting_gpu=starting, seed=job.seed,
+            error=job.error, timings=job.timings,
             image_url=(self._link(job.id, "image", links_not_after) if job.result_key
                        else None),
             preview_url=(self._link(job.id, "preview", links_not_after) if job.preview_key
@@ -138,11 +152,14 @@ class JobViewer:
                batch: list[str] | None = None) -> JobOut:
         """A job just queued, as its 202 shows it: from what admission read (no query)."""
         ahead = max(0, number - (head or number))
+        starting = self.throughput.at_zero
+        eta = self.throughput.queued_eta(average_s, ahead)
         return JobOut(
             id=job.id, status=JobStatus.queued, created_at=job.created_at, started_at=None,
             finished_at=None, request=job.request,
             progress=Progress(step=0, total=job.progress_total, score=None),
-            queue_position=ahead + 1, eta_s=self.throughput.queued_eta(average_s, ahead),
+            queue_position=ahead + 1, starting_gpu=starting,
+            eta_s=eta + (self.throughput.starting_wait(0.0) if starting else 0.0),
             seed=None, error=None, timings=None, image_url=None, preview_url=None,
             events_url=self._link(job.id, "events", None),
             webhook=(WebhookOut(url=job.webhook_url, events=job.webhook_events or [],

@@ -76,6 +76,7 @@ function card(job) {
   bar.value = job.status === "succeeded" ? bar.max : job.progress.step;
   let status = job.status;
   if (job.status === "queued" && job.queue_position) status += ` · #${job.queue_position} in line`;
+  if (job.starting_gpu && !TERMINAL.has(job.status)) status += " · starting a GPU";
   if (job.eta_s && !TERMINAL.has(job.status)) status += ` · about ${Math.ceil(job.eta_s)} s`;
   if (job.progress.score !== null && job.status === "running") status += ` · score ${job.progress.score.toFixed(3)}`;
   if (job.error && job.status !== "succeeded") status += ` · ${job.error}`;

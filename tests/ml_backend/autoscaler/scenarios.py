@@ -134,7 +134,11 @@ def cold_start(rig: Rig) -> dict[str, Any]:
         if "replica_running_s" not in marks and rig.replicas() >= 1:
             marks["replica_running_s"] = now
         job = rig.job(job_id)
+        if job["starting_gpu"] and "starting_gpu_shown_s" not in marks:  # what the page says
+            assert job["progress"]["step"] == 0 and job["eta_s"] > 0, job
+            marks["starting_gpu_shown_s"] = now
         if "first_progress_s" not in marks and job["progress"]["step"] >= 1:
+            assert not job["starting_gpu"], job
             marks["first_progress_s"] = now
         if job["status"] in TERMINAL:
             assert job["status"] == "succeeded", job

@@ -33,6 +33,7 @@ def test_cold_a_job_launches_a_gpu_node_and_succeeds(rig: Rig) -> None:
     print("cold start:", figures)
     assert figures["node_type"] == "gpu_spot" and figures["market"] == "spot"  # priority 1
     assert figures["node_up_s"] <= figures["replica_running_s"] <= figures["job_done_s"]
+    assert figures["starting_gpu_shown_s"] < figures["first_progress_s"]  # "starting a GPU"
 
 
 def test_idle_the_replica_and_its_node_go_and_stay_gone(rig: Rig) -> None:

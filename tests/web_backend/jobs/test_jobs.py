@@ -48,6 +48,24 @@ def test_submit_answers_202_with_position_and_eta(alice: Account) -> None:
     assert alice.get(f"/v1/jobs/{job['id']}").json()["id"] == job["id"]
 
 
+def test_a_job_waiting_for_a_gpu_to_start_says_so_with_the_wait(app: FastAPI,
+                                                                 alice: Account) -> None:
+    throughput = app.state.services.throughput
+    plain = submit(alice).json()
+    assert plain["starting_gpu"] is False  # nobody said the ML side is at zero
+    throughput.replicas, throughput.cold_start_s = 0, 300.0  # the controller: no replica
+    waiting = submit(alice).json()
+    assert waiting["starting_gpu"] is True and waiting["eta_s"] >= 300
+    assert alice.get(f"/v1/jobs/{plain['id']}").json()["starting_gpu"] is True
+    throughput.timed_cold_start(42.0)  # a job's first answer after a start of 42 s
+    third = submit(alice).json()
+    assert third["starting_gpu"] is False and throughput.cold_start_s == 42.0
+    throughput.replicas = 0  # at zero again: the next wait told is the one last timed
+    fourth = alice.post("/v1/jobs", json={"prompt": "x", "steps": 20})
+    assert fourth.status_code == 429  # (3 active jobs at most: the limit, not the GPU)
+    assert 42 <= alice.get(f"/v1/jobs/{third['id']}").json()["eta_s"] < 300
+
+
 def test_bad_job_requests_say_what_to_fix(alice: Account) -> None:
     r = submit(alice, steps=0, psi=3)
     assert r.status_code == 422
