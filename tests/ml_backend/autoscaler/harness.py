@@ -20,6 +20,7 @@ import copy
 import json
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
@@ -131,6 +132,7 @@ class FakeCluster:
              f"--num-cpus={int(head_resources.pop('CPU', 0))}",
              f"--num-gpus={int(head_resources.pop('GPU', 0))}",
              f"--ray-client-server-port={free_port()}", "--include-dashboard=false",
+             f"--dashboard-port={free_port()}",
              "--dashboard-agent-listen-port=0", f"--temp-dir={root / 'ray'}",
              f"--autoscaling-config={config_path}", "--disable-usage-stats"],
             env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
@@ -234,6 +236,8 @@ class FakeCluster:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         self.log.close()
+        if not os.environ.get("CLIPGAN_KEEP_CLUSTER_LOGS"):  # set it to read Ray's logs
+            shutil.rmtree(self.root, ignore_errors=True)
 
     @staticmethod
     def _until(condition: Callable[[], bool], what: str, timeout: float) -> None:
