@@ -12,6 +12,8 @@ from ray.autoscaler._private.aws.node_provider import AWSNodeProvider
 
 from ml_backend.autoscaler.spot_fallback import SpotFallback
 
+__all__ = ["SpotFallbackAWSNodeProvider"]
+
 
 class SpotFallbackAWSNodeProvider(SpotFallback, AWSNodeProvider):
     """AWS nodes, spot first and on-demand when EC2 has no spot capacity for a launch."""

@@ -18,6 +18,9 @@ from typing import Any
 
 from ray.autoscaler.node_launch_exception import NodeLaunchException
 
+__all__ = ["MARKET_TAG", "ON_DEMAND", "SPOT", "SPOT_SHORTAGE_CODES", "SpotFallback",
+           "is_spot", "is_spot_shortage", "on_demand"]
+
 log = logging.getLogger(__name__)
 
 MARKET_TAG = "clipgan-market"
