@@ -180,6 +180,7 @@ def test_a_visit_from_first_page_to_sign_out(tmp_path: Path) -> None:
 
             # delete a picture: asked first, gone from the page and from its link
             cards = page.locator(".job")
+            expect(cards.first.locator(".download")).to_be_visible()  # the reloaded list
             before = cards.count()
             doomed = cards.first
             link = doomed.locator(".download").get_attribute("href")
